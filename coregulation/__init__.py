@@ -1,0 +1,49 @@
+"""coregulation: Bayesian dynamical-systems models of physiological coregulation in dyads.
+
+Importing the package switches JAX to float64 (every likelihood here is float64).
+"""
+
+import jax as _jax
+
+_jax.config.update("jax_enable_x64", True)
+
+from coregulation import data  # noqa: E402
+from coregulation.inference.kalman import (  # noqa: E402
+    LGSSM,
+    kalman_filter,
+    kalman_smoother,
+    log_likelihood,
+)
+from coregulation.inference.likelihood import SeriesLikelihood  # noqa: E402
+from coregulation.inference.mle import MLEResult, fit_mle  # noqa: E402
+from coregulation.models import (  # noqa: E402
+    CTVAR,
+    VAR1,
+    CoupledOscillator,
+    ParameterSpace,
+    PriorScales,
+    TimeGrid,
+)
+from coregulation.simulate import simulate, simulate_dyads, simulate_shared_drive  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CTVAR",
+    "VAR1",
+    "CoupledOscillator",
+    "LGSSM",
+    "MLEResult",
+    "ParameterSpace",
+    "PriorScales",
+    "SeriesLikelihood",
+    "TimeGrid",
+    "data",
+    "fit_mle",
+    "kalman_filter",
+    "kalman_smoother",
+    "log_likelihood",
+    "simulate",
+    "simulate_dyads",
+    "simulate_shared_drive",
+]

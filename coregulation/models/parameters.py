@@ -1,0 +1,107 @@
+"""Constrained <-> unconstrained parameter vectors, priors and prior draws."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from coregulation.models._base import Model, Parameter, PriorScales
+
+
+class ParameterSpace:
+    """The free parameters of ``model`` under ``scales``, as one flat unconstrained vector.
+
+    Each parameter is mapped to the real line by numpyro's ``biject_to`` of its
+    support; the order is the parameter table's.  Used by the optimiser, the
+    samplers and the robustness tests.
+    """
+
+    def __init__(self, model: Model, scales: PriorScales | None = None):
+        self.model = model
+        self.scales = scales or PriorScales()
+        self.table: list[Parameter] = model.parameter_table(self.scales)
+        sizes = [p.size for p in self.table]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.size = int(self.offsets[-1])
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.table]
+
+    def flat_names(self) -> list[str]:
+        """One readable label per vector element, e.g. ``tau[client]``."""
+        labels = []
+        for p in self.table:
+            if not p.shape:
+                labels.append(p.name)
+                continue
+            coords = [self._coords(d) for d in p.dims]
+            for idx in np.ndindex(*p.shape):
+                labels.append(p.name + "[" + ",".join(c[i] for c, i in zip(coords, idx)) + "]")
+        return labels
+
+    def _coords(self, dim):
+        m = self.model
+        return {
+            "role": list(m.roles),
+            "input": list(m.inputs),
+            "moderator": list(m.moderators),
+            "state": list(m.state_names),
+        }[dim]
+
+    def _split(self, vector):
+        return [
+            vector[..., self.offsets[i] : self.offsets[i + 1]].reshape(vector.shape[:-1] + p.shape)
+            for i, p in enumerate(self.table)
+        ]
+
+    def constrain(self, vector: Float[Array, " k"]) -> dict[str, Array]:
+        """Unconstrained vector -> free parameters (by name)."""
+        vector = jnp.asarray(vector, dtype=float)
+        if vector.shape[-1] != self.size:
+            raise ValueError(
+                f"expected an unconstrained vector of length {self.size} "
+                f"({', '.join(self.names)}); got shape {vector.shape}."
+            )
+        return {p.name: p.transform()(v) for p, v in zip(self.table, self._split(vector))}
+
+    def unconstrain(self, params: Mapping[str, Array]) -> Array:
+        """Free parameters (by name) -> unconstrained vector; checks names and supports."""
+        missing = [p.name for p in self.table if p.name not in params]
+        if missing:
+            raise KeyError(f"missing parameter(s) {missing}; expected {self.names}.")
+        parts = []
+        for p in self.table:
+            value = jnp.broadcast_to(jnp.asarray(params[p.name], dtype=float), p.shape)
+            parts.append(p.transform().inv(value).reshape(-1))
+        return jnp.concatenate(parts) if parts else jnp.zeros(0)
+
+    def log_abs_det_jacobian(self, vector) -> Array:
+        total = 0.0
+        for p, v in zip(self.table, self._split(jnp.asarray(vector, dtype=float))):
+            t = p.transform()
+            total = total + jnp.sum(t.log_abs_det_jacobian(v, t(v)))
+        return total
+
+    def log_prior(self, params: Mapping[str, Array]) -> Array:
+        """Sum of the parameters' prior log-densities (constrained scale)."""
+        return sum(jnp.sum(p.prior.log_prob(jnp.asarray(params[p.name]))) for p in self.table)
+
+    def log_prior_unconstrained(self, vector) -> Array:
+        """Prior log-density of the unconstrained vector (includes the Jacobian)."""
+        return self.log_prior(self.constrain(vector)) + self.log_abs_det_jacobian(vector)
+
+    def sample_prior(self, key, num_draws: int | None = None) -> dict[str, Array]:
+        """Draws from the priors: one set, or ``num_draws`` stacked along axis 0."""
+        shape = () if num_draws is None else (num_draws,)
+        keys = jax.random.split(key, len(self.table))
+        return {p.name: p.prior.sample(k, shape) for p, k in zip(self.table, keys)}
+
+    def prior_median(self) -> dict[str, Array]:
+        """A central point of the prior (median of each marginal by sampling, fixed key)."""
+        draws = self.sample_prior(jax.random.key(0), 4001)
+        return {name: jnp.median(v, axis=0) for name, v in draws.items()}

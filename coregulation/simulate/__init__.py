@@ -1,0 +1,21 @@
+"""Exact simulation: single series, many dyads and sessions, the shared-drive scenario."""
+
+from coregulation.simulate._simulate import (
+    Simulation,
+    add_missing,
+    sample_lgssm,
+    shared_drive_system,
+    simulate,
+    simulate_dyads,
+    simulate_shared_drive,
+)
+
+__all__ = [
+    "Simulation",
+    "add_missing",
+    "sample_lgssm",
+    "shared_drive_system",
+    "simulate",
+    "simulate_dyads",
+    "simulate_shared_drive",
+]
