@@ -311,36 +311,25 @@ def _parallel_elements(ssm: LGSSM, y, observed) -> _FilterElement:
     return jax.tree.map(lambda all_, one: all_.at[0].set(one), elements, first)
 
 
-def _combine_filter_elements(e1: _FilterElement, e2: _FilterElement) -> _FilterElement:
-    """``e1`` then ``e2`` (batched); METHODS.md §2.5, without inverting ``C1``."""
-    n = e1.b.shape[-1]
-    eye = jnp.eye(n, dtype=e1.b.dtype)
-    mT = lambda a: jnp.swapaxes(a, -1, -2)  # noqa: E731
-    mv = lambda a, v: jnp.einsum("...ij,...j->...i", a, v)  # noqa: E731
-
-    i_cj = eye + e1.C @ e2.J  # (I + C1 J2); its transpose is (I + J2 C1)
-    x_a1 = jnp.linalg.solve(i_cj, e1.A)  # X A1
-    u = mv(e1.C, e2.eta) + e1.b  # C1 eta2 + b1
-    x_u = jnp.linalg.solve(i_cj, u[..., None])[..., 0]  # X u
-    x_c1 = jnp.linalg.solve(i_cj, e1.C)  # X C1
-    A = e2.A @ x_a1
-    b = mv(e2.A, x_u) + e2.b
-    C = _sym(e2.A @ x_c1 @ mT(e2.A) + e2.C)
-    # Y = X^T, so Y M = (M^T X^T)^T ... solve with the transposed system.
-    i_jc = mT(i_cj)
-    y_rhs = e2.eta - mv(e2.J, e1.b)
-    y_v = jnp.linalg.solve(i_jc, y_rhs[..., None])[..., 0]
-    eta = mv(mT(e1.A), y_v) + e1.eta
+def _combine_one(e1: _FilterElement, e2: _FilterElement) -> _FilterElement:
+    """``e1`` then ``e2``; METHODS.md §2.5, without inverting ``C1``."""
+    eye = jnp.eye(e1.b.shape[-1], dtype=e1.b.dtype)
+    i_cj = eye + e1.C @ e2.J  # (I + C1 J2); its transpose is Y^{-1} = (I + J2 C1)
+    i_jc = i_cj.T
+    u = e1.C @ e2.eta + e1.b  # C1 eta2 + b1
+    A = e2.A @ jnp.linalg.solve(i_cj, e1.A)
+    b = e2.A @ jnp.linalg.solve(i_cj, u) + e2.b
+    C = _sym(e2.A @ jnp.linalg.solve(i_cj, e1.C) @ e2.A.T + e2.C)
+    eta = e1.A.T @ jnp.linalg.solve(i_jc, e2.eta - e2.J @ e1.b) + e1.eta
     y_j2 = jnp.linalg.solve(i_jc, e2.J)
-    J = _sym(mT(e1.A) @ y_j2 @ e1.A + e1.J)
+    J = _sym(e1.A.T @ y_j2 @ e1.A + e1.J)
     _, logdet = jnp.linalg.slogdet(i_cj)
-    t = (
-        -jnp.einsum("...i,...i->...", e2.eta, mv(e1.C, e2.eta))
-        - 2.0 * jnp.einsum("...i,...i->...", e2.eta, e1.b)
-        + jnp.einsum("...i,...i->...", u, mv(y_j2, u))
-    )
+    t = -e2.eta @ (e1.C @ e2.eta) - 2.0 * (e2.eta @ e1.b) + u @ (y_j2 @ u)
     z = e1.z + e2.z + 0.5 * logdet + 0.5 * t
     return _FilterElement(A, b, C, J, eta, z)
+
+
+_combine_filter_elements = jax.vmap(_combine_one)
 
 
 def _parallel(ssm: LGSSM, y, observed, keep_moments: bool):
@@ -440,22 +429,24 @@ def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None) -> _Covarian
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_head, out_tail)
 
 
-def _affine_combine(e1, e2):
-    F1, g1 = e1
-    F2, g2 = e2
-    return F2 @ F1, jnp.einsum("...ij,...j->...i", F2, g1) + g2
+def _affine_one(e1, e2):
+    (F1, g1), (F2, g2) = e1, e2
+    return F2 @ F1, F2 @ g1 + g2
+
+
+_affine_combine = jax.vmap(_affine_one)
 
 
 def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None):
     cp = _covariance_pass(ssm, observed, steady_from)
     transitions, _ = _step_matrices(ssm)
-    emission, _, mask = _masked_emission(ssm, observed)  # batched over t
+    emission, _, mask = jax.vmap(lambda o: _masked_emission(ssm, o))(observed)
     n = ssm.initial_mean.shape[0]
-    i_kh = jnp.eye(n, dtype=transitions.dtype) - cp.gain @ emission
+    i_kh = jnp.eye(n, dtype=transitions.dtype)[None] - cp.gain @ emission
     # m_k = (I - K H~)(Phi m_{k-1} + c_k) + K o(y_k - d)
     F = i_kh @ transitions
     g = jnp.einsum("tij,tj->ti", i_kh, ssm.state_offset) + jnp.einsum(
-        "tij,tj->ti", cp.gain, mask * (y - ssm.emission_offset)
+        "tij,tj->ti", cp.gain, mask * (y - ssm.emission_offset[None])
     )
     # Fold the initial mean into the first map, so the scan yields the means directly.
     g = g.at[0].add(F[0] @ ssm.initial_mean)
@@ -474,7 +465,7 @@ def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None):
         _, filt_means = lax.associative_scan(_affine_combine, (F, g))
     prev_means = jnp.concatenate([ssm.initial_mean[None], filt_means[:-1]])
     pred_means = jnp.einsum("tij,tj->ti", transitions, prev_means) + ssm.state_offset
-    innovation = mask * (y - pred_means @ ssm.emission.T - ssm.emission_offset)
+    innovation = mask * (y - pred_means @ ssm.emission.T - ssm.emission_offset[None])
     whitened = jnp.einsum("tij,tj->ti", cp.inv_chol_innovation, innovation)
     log_lik_steps = -0.5 * (
         jnp.sum(mask, axis=-1) * _LOG_2PI + cp.log_det_innovation + jnp.sum(whitened**2, axis=-1)

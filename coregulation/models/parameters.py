@@ -77,6 +77,12 @@ class ParameterSpace:
         parts = []
         for p in self.table:
             value = jnp.broadcast_to(jnp.asarray(params[p.name], dtype=float), p.shape)
+            if not isinstance(value, jax.core.Tracer) and not np.all(p.constraint.check(value)):
+                raise ValueError(
+                    f"{p.name}={np.asarray(value)} is outside its support {p.constraint} "
+                    f"under these prior scales ({self.scales}); pass scales= that admit it "
+                    "or a value inside."
+                )
             parts.append(p.transform().inv(value).reshape(-1))
         return jnp.concatenate(parts) if parts else jnp.zeros(0)
 

@@ -54,7 +54,7 @@ def sample_lgssm(key, ssm: LGSSM) -> tuple[jax.Array, jax.Array]:
     _, states = jax.lax.scan(step, state0, (ssm.step_index, ssm.state_offset, noise))
     obs_root = _chol_psd(ssm.emission_cov)
     obs_noise = jax.random.normal(key_obs, (num_timesteps, p)) @ obs_root.T
-    y = states @ ssm.emission.T + ssm.emission_offset + obs_noise
+    y = states @ ssm.emission.T + ssm.emission_offset[None] + obs_noise
     return states, y
 
 

@@ -1,0 +1,155 @@
+"""Exact tier: every Kalman method against independent references and each other."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import dense_log_likelihood, dense_smoother, textbook_filter
+
+import coregulation as cr
+from coregulation.inference.kalman import LGSSM, steady_from_hint
+from coregulation.models import TimeGrid
+
+# All methods must agree to this (DESIGN.md §4); observed agreement is ~1e-12.
+AGREE = 1e-8
+METHODS = ("sequential", "parallel", "fast")
+
+
+def _series(model, truth, rng, num_timesteps=40, irregular=False, missing=True):
+    if irregular:
+        times = np.cumsum(rng.uniform(0.5, 2.5, num_timesteps))
+    else:
+        times = np.arange(1, num_timesteps + 1, dtype=float)
+    sim = cr.simulate(model, truth, times, jax.random.key(int(rng.integers(1 << 30))))
+    y = sim.y.copy()
+    if missing:
+        y[3] = np.nan  # a whole row
+        y[7, 0] = np.nan  # partial rows
+        y[12, 1] = np.nan
+        y[20:24] = np.nan  # a burst
+    return times, y
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_methods_match_dense_joint_gaussian(model_case, rng, missing):
+    name, model, truth = model_case
+    irregular = name != "var1"
+    times, y = _series(model, truth, rng, irregular=irregular, missing=missing)
+    ssm = model.to_lgssm(truth, TimeGrid.from_times(times))
+    reference = dense_log_likelihood(ssm, y)
+    textbook, _ = textbook_filter(ssm, y)
+    assert abs(textbook - reference) < AGREE
+    for method in METHODS:
+        value = float(cr.log_likelihood(ssm, y, method=method))
+        assert abs(value - reference) < AGREE, (method, value, reference)
+
+
+def test_filter_moments_agree_across_methods(model_case, rng):
+    _, model, truth = model_case
+    times, y = _series(model, truth, rng)
+    ssm = model.to_lgssm(truth, TimeGrid.from_times(times))
+    ref = cr.kalman_filter(ssm, y, method="sequential")
+    _, textbook_means = textbook_filter(ssm, y)
+    np.testing.assert_allclose(ref.filtered_means, textbook_means, atol=AGREE)
+    for method in ("parallel", "fast"):
+        out = cr.kalman_filter(ssm, y, method=method)
+        for a, b in zip(ref, out):
+            np.testing.assert_allclose(a, b, atol=AGREE, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_smoother_matches_dense_conditional(model_case, rng, method):
+    _, model, truth = model_case
+    times, y = _series(model, truth, rng, num_timesteps=30)
+    ssm = model.to_lgssm(truth, TimeGrid.from_times(times))
+    mean, cov = dense_smoother(ssm, y)
+    out = cr.kalman_smoother(ssm, y, method=method)
+    np.testing.assert_allclose(out.smoothed_means, mean, atol=1e-7)
+    np.testing.assert_allclose(out.smoothed_covs, cov, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_match_finite_differences(model_case, rng, method):
+    _, model, truth = model_case
+    times, y = _series(model, truth, rng, num_timesteps=30)
+    scales = cr.PriorScales(1.0, 600.0)  # admits the oscillator's 60 s period
+    lik = cr.SeriesLikelihood.build(model, times, y, method=method, scales=scales)
+    x = np.asarray(lik.space.unconstrain(truth))
+    grad = np.asarray(jax.grad(lik.log_density)(jnp.asarray(x)))
+    f = jax.jit(lik.log_density)
+    step = 1e-6
+    for i in range(x.size):
+        up, down = x.copy(), x.copy()
+        up[i] += step
+        down[i] -= step
+        numeric = (float(f(up)) - float(f(down))) / (2 * step)
+        assert abs(grad[i] - numeric) < 1e-5 * max(1.0, abs(numeric)), (i, grad[i], numeric)
+
+
+def test_steady_state_shortcut_is_exact_on_long_series(rng):
+    model = cr.CoupledOscillator()
+    from conftest import OSCILLATOR_TRUTH
+
+    times = np.arange(1, 3001, dtype=float)
+    sim = cr.simulate(model, OSCILLATOR_TRUTH, times, jax.random.key(3))
+    y = sim.y.copy()
+    y[100:130] = np.nan  # a burst early on; complete and regular afterwards
+    grid = TimeGrid.from_times(times)
+    hint = steady_from_hint(grid.step_index, y)
+    assert hint == 130
+    ssm = model.to_lgssm(OSCILLATOR_TRUTH, grid)
+    seq = float(cr.log_likelihood(ssm, y, "sequential"))
+    fast = float(cr.log_likelihood(ssm, y, "fast", steady_from=hint))
+    assert abs(seq - fast) < AGREE * abs(seq)
+    def grads(method, steady_from=None):
+        def f(transition, emission_cov):
+            s = ssm._replace(transition=transition, emission_cov=emission_cov)
+            return cr.log_likelihood(s, y, method, steady_from=steady_from)
+
+        return jax.grad(f, argnums=(0, 1))(ssm.transition, ssm.emission_cov)
+
+    g_seq, g_fast = grads("sequential"), grads("fast", hint)
+    for a, b in zip(g_seq, g_fast):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-7 * float(jnp.max(jnp.abs(a))))
+
+
+def test_generic_dimensions_and_vmap(rng):
+    """The engine is generic (n=3, p=3) and batches over series with vmap."""
+    n, p, T = 3, 3, 25
+    a = rng.normal(size=(n, n)) * 0.3
+    q = rng.normal(size=(n, n))
+    ssm = LGSSM(
+        jnp.asarray(a)[None], jnp.asarray(q @ q.T + np.eye(n))[None], jnp.zeros(T, int),
+        jnp.asarray(rng.normal(size=(T, n))), jnp.asarray(np.eye(p)), jnp.zeros(p),
+        jnp.eye(p) * 0.5, jnp.zeros(n), jnp.eye(n),
+    )
+    ys = rng.normal(size=(4, T, p))
+    ys[1, 5] = np.nan
+    ys[2, :, 1] = np.nan
+    batched = jax.vmap(lambda y: cr.log_likelihood(ssm, y, "fast"))(jnp.asarray(ys))
+    for i in range(4):
+        assert abs(float(batched[i]) - dense_log_likelihood(ssm, ys[i])) < AGREE
+
+
+def test_bad_input_errors():
+    model = cr.CTVAR()
+    from conftest import CTVAR_TRUTH
+
+    ssm = model.to_lgssm(CTVAR_TRUTH, TimeGrid.from_times(np.arange(1.0, 21.0)))
+    with pytest.raises(ValueError, match="Transposed|transposed"):
+        cr.log_likelihood(ssm, np.zeros((2, 20)))
+    with pytest.raises(ValueError, match="method must be one of"):
+        cr.log_likelihood(ssm, np.zeros((20, 2)), method="fastest")
+    with pytest.raises(ValueError, match="built for 20 time points"):
+        cr.log_likelihood(ssm, np.zeros((19, 2)))
+
+
+def test_not_positive_definite_gives_minus_inf():
+    model = cr.CTVAR(measurement_error=False)
+    from conftest import CTVAR_TRUTH
+
+    truth = {k: v for k, v in CTVAR_TRUTH.items() if k != "me_sd"}
+    ssm = model.to_lgssm(truth, TimeGrid.from_times(np.arange(1.0, 21.0)))
+    bad = ssm._replace(initial_cov=-jnp.eye(2), process_cov=-ssm.process_cov)
+    for method in METHODS:
+        assert float(cr.log_likelihood(bad, np.ones((20, 2)), method)) == -np.inf
