@@ -285,6 +285,11 @@ def _present(ds: xr.Dataset) -> np.ndarray:
     return np.ones((ds.sizes["dyad"], ds.sizes["session"]), dtype=bool)
 
 
+def _plain(value):
+    """numpy scalar -> Python scalar, so messages read 'D1', not np.str_('D1')."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def validate(ds: xr.Dataset) -> xr.Dataset:
     """Check a dataset against the contract; return it unchanged or raise ``DataError``."""
     if "y" not in ds or ds["y"].dims != ("dyad", "session", "time", "role"):
@@ -303,12 +308,15 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     if np.isinf(y).any():
         d, s = np.argwhere(np.isinf(y).any(axis=(2, 3)))[0]
         raise DataError(
-            f"y has infinite values in dyad {ds.dyad.values[d]!r}, session "
-            f"{ds.session.values[s]!r}; use NaN for missing values."
+            f"y has infinite values in dyad {_plain(ds.dyad.values[d])!r}, session "
+            f"{_plain(ds.session.values[s])!r}; use NaN for missing values."
         )
     present = _present(ds)
-    for i, d in enumerate(ds["dyad"].values):
-        for j, s in enumerate(ds["session"].values):
+    dyads = [_plain(v) for v in ds["dyad"].values]
+    sessions = [_plain(v) for v in ds["session"].values]
+    roles = [_plain(v) for v in roles]
+    for i, d in enumerate(dyads):
+        for j, s in enumerate(sessions):
             if not present[i, j]:
                 if not np.all(np.isnan(y[i, j])):
                     raise DataError(f"dyad {d!r}, session {s!r} is marked absent but has data.")

@@ -78,7 +78,7 @@ def simulate(
             "use initial='free' or stable parameters."
         )
     states, y = sample_lgssm(key, model.to_lgssm(params, grid))
-    return Simulation(np.asarray(times, float), np.asarray(y), np.asarray(states))
+    return Simulation(np.array(times, float), np.array(y), np.array(states))
 
 
 # ----------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def simulate_shared_drive(
         initial_cov=disc.stationary_covariance(drift, diffusion),
     )
     states, y = sample_lgssm(key, ssm)
-    return Simulation(np.asarray(times, float), np.asarray(y), np.asarray(states))
+    return Simulation(np.array(times, float), np.array(y), np.array(states))
 
 
 def shared_drive_system(tau=(5.0, 30.0), drive_tau=60.0, loading=(1.0, 1.0), latent_sd=(1.0, 1.0)):
