@@ -445,4 +445,4 @@ def iter_series(ds: xr.Dataset) -> Iterator[Series]:
             n = int(np.isfinite(t[i, j]).sum())
             u = ds["u"].values[i, j, :n] if "u" in ds else None
             z = ds["z"].values[i, j, :n] if "z" in ds else None
-            yield Series(d, s, t[i, j, :n], ds["y"].values[i, j, :n], u, z)
+            yield Series(_plain(d), _plain(s), t[i, j, :n], ds["y"].values[i, j, :n], u, z)

@@ -130,7 +130,10 @@ def fit_mle(
             continue
         res = scipy.optimize.minimize(
             scipy_fun, x0, jac=True, method="L-BFGS-B",
-            options={"maxiter": max_iterations, "maxfun": 2 * max_iterations},
+            # ftol is relative to |f| (~1e4 for long series): the default would stop
+            # while well-identified parameters are still a few SEs from the optimum.
+            options={"maxiter": max_iterations, "maxfun": 2 * max_iterations,
+                     "ftol": 1e-15, "gtol": 1e-8},
         )
         if best is None or res.fun < best.fun:
             best = res
@@ -141,8 +144,29 @@ def fit_mle(
         )
 
     x = jnp.asarray(best.x)
-    hessian = _hessian_by_gradient_differences(value_and_grad, np.asarray(best.x))
-    converged = bool(best.success)
+    # The Hessian comes from differences of the *sequential* filter's gradient: the
+    # fast method's steady-state switch point can move between x + h and x - h,
+    # which is harmless for the optimiser but not for finite differences.
+    sequential = dataclasses.replace(lik, method="sequential")
+    hessian_grad = jax.jit(jax.value_and_grad(lambda v: -sequential.log_density(v, prior=map)))
+    hessian = _hessian_by_gradient_differences(hessian_grad, np.asarray(best.x))
+    # Newton polish: the objective is near-quadratic at the optimum; keep improving
+    # steps (one Hessian for the steps, recomputed once at the end if x moved).
+    moved = False
+    for _ in range(3):
+        value, grad = hessian_grad(x)
+        try:
+            step = np.linalg.solve(hessian, np.asarray(grad))
+        except np.linalg.LinAlgError:
+            break
+        candidate = x - jnp.asarray(step)
+        new_value = float(hessian_grad(candidate)[0])
+        if not np.isfinite(new_value) or new_value > float(value):
+            break
+        x, moved = candidate, True
+    if moved:
+        hessian = _hessian_by_gradient_differences(hessian_grad, np.asarray(x))
+    converged = bool(best.success) or bool(np.max(np.abs(np.asarray(hessian_grad(x)[1]))) < 1e-4)
     try:
         cov = np.linalg.inv(0.5 * (hessian + hessian.T))
         if not np.all(np.linalg.eigvalsh(cov) > 0):
@@ -161,7 +185,7 @@ def fit_mle(
         se[p.name] = se_flat[space.offsets[i] : space.offsets[i + 1]].reshape(p.shape)
     loglik = float(lik.log_density(x, prior=False))
     return MLEResult(
-        params=params, se=se, log_likelihood=loglik, objective=float(best.fun),
+        params=params, se=se, log_likelihood=loglik, objective=float(objective(x)),
         unconstrained=np.asarray(x), cov_unconstrained=cov, converged=converged,
         message=str(best.message), num_iterations=int(best.nit), map=map, likelihood=lik,
     )

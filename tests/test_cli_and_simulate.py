@@ -1,0 +1,69 @@
+"""CLI smoke test, bundled data, simulator contracts and reproducibility."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import CTVAR_TRUTH
+from typer.testing import CliRunner
+
+import coregulation as cr
+from coregulation.cli import app
+from coregulation.datasets import demo_dyad
+
+
+def test_demo_command_prints_both_couplings_next_to_truth():
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "therapist_to_client" in result.output and "client_to_therapist" in result.output
+    assert "tau[therapist]" in result.output
+
+
+def test_bundled_demo_data_is_valid():
+    ds, truth = demo_dyad()
+    assert ds.sizes["time"] == 1200 and list(ds.role.values) == ["therapist", "client"]
+    assert truth["client_to_therapist"] == 0.0
+
+
+def test_same_key_same_bits_and_different_key_differs():
+    times = np.arange(1.0, 101.0)
+    a = cr.simulate(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(4))
+    b = cr.simulate(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(4))
+    c = cr.simulate(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(5))
+    np.testing.assert_array_equal(a.y, b.y)
+    assert not np.allclose(a.y, c.y)
+
+
+def test_simulated_variance_matches_stationary_covariance():
+    model = cr.CTVAR()
+    times = np.cumsum(np.random.default_rng(0).uniform(0.5, 3.0, 50_000))  # irregular
+    sim = cr.simulate(model, CTVAR_TRUTH, times, jax.random.key(9))
+    stat = np.asarray(model.stationary_state_cov(CTVAR_TRUTH))
+    np.testing.assert_allclose(np.cov(sim.states.T), stat, atol=0.06)
+
+
+def test_simulate_dyads_contract_truth_and_missingness():
+    model = cr.CTVAR(inputs=("speaking",))
+    params = dict(CTVAR_TRUTH, input_effect=np.array([[0.5], [0.0]]))
+    ds, truth = cr.simulate_dyads(
+        model, params, jax.random.key(0), num_dyads=3, num_sessions=2, duration=1800.0,
+        dyad_sd={"therapist_to_client": 0.3}, missing_rate=0.05, burst_rate=4.0,
+    )
+    assert ds.y.shape == (3, 2, 1800, 2) and ds.u.shape == (3, 2, 1800, 1)
+    share = float(np.isnan(ds.y.values).mean())
+    assert 0.05 < share < 0.35
+    assert np.unique(truth.therapist_to_client.values).size == 3
+    assert np.all(truth.client_to_therapist.values == CTVAR_TRUTH["client_to_therapist"])
+    assert set(np.unique(ds.u.values)) == {0.0, 1.0}
+
+
+def test_simulate_rejects_unstable_stationary():
+    bad = dict(CTVAR_TRUTH, therapist_to_client=2.0, client_to_therapist=2.0)
+    with pytest.raises(ValueError, match="unstable"):
+        cr.simulate(cr.CTVAR(), bad, np.arange(1.0, 50.0), jax.random.key(0))
+
+
+def test_fit_mle_bad_input_errors():
+    with pytest.raises(ValueError, match="Transposed"):
+        cr.fit_mle(cr.CTVAR(), np.arange(1.0, 3.0), np.zeros((2, 40)))
+    with pytest.raises(ValueError, match="at least 10"):
+        cr.fit_mle(cr.CTVAR(), np.arange(1.0, 6.0), np.zeros((5, 2)))
