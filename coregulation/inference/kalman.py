@@ -26,9 +26,10 @@ Three methods, which agree to round-off (tested to 1e-8):
 ``"fast"``
     The covariance recursion depends only on the parameters and on which values
     are missing, not on the data.  It runs first, as a lean scan with no mean
-    arithmetic; where nothing varies any more (one step length, nothing missing)
-    it stops at the steady state (METHODS.md §2.4) and the remaining steps reuse
-    the converged gain.  The filtered means are then the composition of affine
+    arithmetic, up to the point from which nothing varies any more (one step
+    length, nothing missing: the ``steady_from`` hint).  From there the Riccati
+    recursion is solved in closed form around its steady state (METHODS.md §2.4;
+    see ``_time_invariant_tail``), as batched matrix operations, exactly.  The filtered means are then the composition of affine
     maps ``m_k = F_k m_{k-1} + g_k``, computed by an associative scan, and the
     log-likelihood follows in one vectorised pass.
 
@@ -59,13 +60,11 @@ __all__ = [
 METHODS = ("sequential", "parallel", "fast", "auto")
 _LOG_2PI = math.log(2.0 * math.pi)
 
-# Relative change of the predicted covariance under which the ``fast`` method treats
-# the Riccati recursion as converged; far below the 1e-8 agreement the tests demand.
-_STEADY_STATE_RTOL = 1e-13
-# Steps of the covariance recursion the ``fast`` method runs before it first checks
-# for a steady state (only where the tail of the series is time-invariant and
-# complete); later checks come after segments four times longer each.
-_STEADY_STATE_WINDOW = 32
+# Doublings of the one-step filter element for the steady-state covariance: covers
+# 2**40 steps, enough for closed loops with spectral radius up to 1 - 1e-11.
+_DOUBLINGS = 40
+# A time-invariant, complete tail shorter than this is scanned (nothing to gain).
+_MIN_TAIL = 8
 
 
 class LGSSM(NamedTuple):
@@ -387,45 +386,118 @@ def _covariance_scan(ssm, initial_cov, transitions, process_covs, observed):
     return lax.scan(step, initial_cov, (transitions, process_covs, observed))
 
 
+def _steady_state_predicted_cov(ssm: LGSSM, transition, process_cov):
+    """Stabilising solution ``P`` of the predicted-form discrete Riccati equation.
+
+    Doubling of the covariance part of the parallel-filter element (METHODS.md
+    §2.4-2.5): composing the one-step element with itself ``_DOUBLINGS`` times
+    covers ``2**_DOUBLINGS`` steps, after which the initial information is
+    forgotten to machine precision for any closed loop with spectral radius below
+    ``1 - 2e-6``.  Unlike the textbook structured doubling it never inverts ``R``,
+    so it also holds with measurement error switched off.
+    """
+    n = transition.shape[0]
+    eye = jnp.eye(n, dtype=transition.dtype)
+    H, R = ssm.emission, ssm.emission_cov
+    S = _sym(H @ process_cov @ H.T + R)
+    gain = jnp.linalg.solve(S, H @ process_cov).T
+    i_kh = eye - gain @ H
+    A = i_kh @ transition
+    C = _sym(i_kh @ process_cov @ i_kh.T + gain @ R @ gain.T)
+    h_phi = H @ transition
+    J = _sym(h_phi.T @ jnp.linalg.solve(S, h_phi))
+
+    def double(carry, _):
+        A, C, J = carry
+        i_cj = eye + C @ J
+        A2 = A @ jnp.linalg.solve(i_cj, A)
+        C2 = _sym(A @ jnp.linalg.solve(i_cj, C) @ A.T + C)
+        J2 = _sym(A.T @ jnp.linalg.solve(i_cj.T, J) @ A + J)
+        return (A2, C2, J2), None
+
+    (_, filtered, _), _ = lax.scan(double, (A, C, J), None, length=_DOUBLINGS)
+    return _sym(transition @ filtered @ transition.T + process_cov)
+
+
+def _matrix_powers(F, num: int):
+    """``[I, F, F^2, ..., F^(num-1)]`` by repeated doubling of the list (log depth)."""
+    powers = jnp.eye(F.shape[0], dtype=F.dtype)[None]
+    current = F  # F^(len(powers))
+    while powers.shape[0] < num:
+        powers = jnp.concatenate([powers, powers @ current[None]])
+        current = current @ current
+    return powers[:num]
+
+
+def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, num: int):
+    """Predicted covariances of ``num`` time-invariant, complete steps, in closed form.
+
+    With ``P`` the steady state, ``S = H P H^T + R``, the closed loop
+    ``F = Phi - Phi P H^T S^{-1} H`` and ``E_0`` the first predicted covariance
+    minus ``P``, the Riccati recursion is solved exactly by ::
+
+        P_k - P = F^k E_0 (I + O_k E_0)^{-1} (F^k)^T,
+        O_k = sum_{j<k} (F^j)^T H^T S^{-1} H F^j
+
+    (the Riccati difference equation of the error; checked against the recursion
+    to 1e-15).  Every step is then a batched matrix operation: no sequential scan.
+    """
+    n = transition.shape[0]
+    H = ssm.emission
+    steady = _steady_state_predicted_cov(ssm, transition, process_cov)
+    S = _sym(H @ steady @ H.T + ssm.emission_cov)
+    s_inv_h = jnp.linalg.solve(S, H)
+    F = transition - transition @ steady @ H.T @ s_inv_h
+    M = _sym(H.T @ s_inv_h)
+    powers = _matrix_powers(F, num)
+    terms = jnp.swapaxes(powers, -1, -2) @ M[None] @ powers
+    gramians = jnp.cumsum(terms, axis=0) - terms  # exclusive: sum over j < k
+    error0 = initial_pred_cov - steady
+    eye = jnp.eye(n, dtype=F.dtype)
+    inner = jnp.linalg.solve(eye[None] + gramians @ error0[None], jnp.swapaxes(powers, -1, -2))
+    errors = powers @ error0[None] @ inner
+    return _sym(steady[None] + errors)
+
+
+def _update_batch(ssm: LGSSM, pred_covs, observed):
+    """Measurement updates of a batch of predicted covariances (vectorised)."""
+
+    def one(pred_cov, observed_k):
+        emission, emission_cov, _ = _masked_emission(ssm, observed_k)
+        cov_ht = pred_cov @ emission.T
+        chol, inv_chol = _cholesky_and_inverse(_sym(emission @ cov_ht + emission_cov))
+        gain = (cov_ht @ inv_chol.T) @ inv_chol
+        i_kh = jnp.eye(pred_cov.shape[0], dtype=pred_cov.dtype) - gain @ emission
+        filt_cov = _sym(i_kh @ pred_cov @ i_kh.T + gain @ emission_cov @ gain.T)
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
+        return _CovariancePass(gain, inv_chol, log_det, pred_cov, filt_cov)
+
+    return jax.vmap(one)(pred_covs, observed)
+
+
 def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None) -> _CovariancePass:
     transitions, process_covs = _step_matrices(ssm)
     num_timesteps = transitions.shape[0]
-    if steady_from is None or steady_from + _STEADY_STATE_WINDOW >= num_timesteps:
+    if steady_from is None or num_timesteps - steady_from < _MIN_TAIL:
         _, out = _covariance_scan(ssm, ssm.initial_cov, transitions, process_covs, observed)
         return out
 
-    # From ``steady_from`` on nothing varies.  Run the recursion in segments of
-    # growing length (x4: few nested conds, so compilation stays quick); after each, if the predicted covariance has stopped changing,
-    # reuse the last step for the rest of the series.  lax.cond executes one branch
-    # and is differentiable, so the result is exact and the work adapts to how fast
-    # the Riccati recursion converges for these parameters.
-    def segment(cov, start, stop):
-        sl = slice(start, stop)
-        return _covariance_scan(ssm, cov, transitions[sl], process_covs[sl], observed[sl])
-
-    def rest(cov, last, start, window):
-        remaining = num_timesteps - start
-        change = jnp.max(jnp.abs(last.pred_cov[-1] - last.pred_cov[-2]))
-        converged = change <= _STEADY_STATE_RTOL * jnp.max(jnp.abs(last.pred_cov[-1]))
-
-        def reuse(_):
-            return jax.tree.map(
-                lambda a: jnp.broadcast_to(a[-1], (remaining,) + a.shape[1:]), last
-            )
-
-        def more(_):
-            stop = min(start + window, num_timesteps)
-            cov_next, out = segment(cov, start, stop)
-            if stop == num_timesteps:
-                return out
-            tail = rest(cov_next, out, stop, 4 * window)
-            return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
-
-        return lax.cond(converged, reuse, more, None)
-
-    head = steady_from + _STEADY_STATE_WINDOW
-    cov_head, out_head = segment(ssm.initial_cov, 0, head)
-    out_tail = rest(cov_head, out_head, head, _STEADY_STATE_WINDOW)
+    # Up to ``steady_from`` the steps or the missing pattern vary: sequential scan.
+    # From there on nothing varies, and the Riccati recursion has a closed form.
+    head_cov = ssm.initial_cov
+    out_head = None
+    if steady_from > 0:
+        head_cov, out_head = _covariance_scan(
+            ssm, ssm.initial_cov, transitions[:steady_from], process_covs[:steady_from],
+            observed[:steady_from],
+        )
+    transition, process_cov = transitions[-1], process_covs[-1]
+    first_pred = _sym(transition @ head_cov @ transition.T + process_cov)
+    tail = num_timesteps - steady_from
+    pred_covs = _time_invariant_tail(ssm, transition, process_cov, first_pred, tail)
+    out_tail = _update_batch(ssm, pred_covs, observed[steady_from:])
+    if out_head is None:
+        return out_tail
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_head, out_tail)
 
 
