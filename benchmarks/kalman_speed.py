@@ -95,7 +95,11 @@ def timed(fn, *args, repeats: int, min_seconds: float = 0.5):
 
 def dynamax_params(ssm):
     from dynamax.linear_gaussian_ssm.inference import (
-        ParamsLGSSM, ParamsLGSSMDynamics, ParamsLGSSMEmissions, ParamsLGSSMInitial)
+        ParamsLGSSM,
+        ParamsLGSSMDynamics,
+        ParamsLGSSMEmissions,
+        ParamsLGSSMInitial,
+    )
 
     phi, q = ssm.transition[0], ssm.process_cov[0]
     n, p = phi.shape[0], ssm.emission.shape[0]

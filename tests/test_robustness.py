@@ -1,7 +1,6 @@
 """Robustness over prior draws, and MLE recovery on long series (exact tier)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import MODEL_CASES

@@ -9,8 +9,8 @@ from coregulation.models._base import (
 )
 from coregulation.models.ctvar import CTVAR
 from coregulation.models.oscillator import CoupledOscillator
-from coregulation.models.var1 import VAR1
 from coregulation.models.parameters import ParameterSpace
+from coregulation.models.var1 import VAR1
 
 __all__ = [
     "CTSystem",

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from jaxtyping import Array, Float
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from jaxtyping import Array, Float
 
 from coregulation.inference.kalman import LGSSM
 from coregulation.models import _discretise as disc
