@@ -145,10 +145,14 @@ def run(lengths, batches, quick: bool):
                 ys = jnp.stack([jnp.asarray(cr.simulate(model, truth, times, k).y) for k in keys])
                 hint = 0  # complete, regular data: steady state from the start
 
+                # Complete data, one pattern for every dyad: pass the mask unbatched
+                # (what dynamax, which has no missing-data handling, assumes).
+                observed = np.ones((T, 2), dtype=bool)
+
                 def ours(method):
                     def loglik(x, y):
                         ssm = model.to_lgssm(space.constrain(x), grid)
-                        return cr.log_likelihood(ssm, y, method,
+                        return cr.log_likelihood(ssm, y, method, observed=observed,
                                                  steady_from=hint if method == "fast" else None)
                     return loglik
 

@@ -153,3 +153,22 @@ def test_not_positive_definite_gives_minus_inf():
     bad = ssm._replace(initial_cov=-jnp.eye(2), process_cov=-ssm.process_cov)
     for method in METHODS:
         assert float(cr.log_likelihood(bad, np.ones((20, 2)), method)) == -np.inf
+
+
+def test_shared_observed_mask_equals_default(rng):
+    """An explicit mask gives the same result as the NaN-derived one, batched or not."""
+    from conftest import CTVAR_TRUTH
+
+    model = cr.CTVAR()
+    times = np.arange(1.0, 61.0)
+    ssm = model.to_lgssm(CTVAR_TRUTH, TimeGrid.from_times(times))
+    ys = np.stack([cr.simulate(model, CTVAR_TRUTH, times, jax.random.key(i)).y for i in range(3)])
+    ys[:, 10] = np.nan
+    ys[:, 20, 1] = np.nan
+    mask = ~np.isnan(ys[0])
+    for method in METHODS:
+        shared = jax.vmap(lambda y: cr.log_likelihood(ssm, y, method, observed=mask))(ys)
+        default = jax.vmap(lambda y: cr.log_likelihood(ssm, y, method))(ys)
+        np.testing.assert_allclose(shared, default, rtol=1e-12)
+    with pytest.raises(ValueError, match="observed must have"):
+        cr.log_likelihood(ssm, ys[0], observed=mask[:10])

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 __all__ = [
     "LGSSM",
@@ -142,7 +142,7 @@ def _sym(a: Array) -> Array:
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
-def _prepare(ssm: LGSSM, y: Array):
+def _prepare(ssm: LGSSM, y: Array, observed=None):
     """Validate shapes and split ``y`` into zero-filled values and an observed mask."""
     y = jnp.asarray(y)
     if y.ndim != 2:
@@ -161,7 +161,14 @@ def _prepare(ssm: LGSSM, y: Array):
             f"the state space was built for {ssm.step_index.shape[0]} time points but y has "
             f"{num_timesteps}; build it on this series' own time grid."
         )
-    observed = ~jnp.isnan(y)
+    if observed is None:
+        observed = ~jnp.isnan(y)
+    else:
+        observed = jnp.asarray(observed, dtype=bool)
+        if observed.shape != y.shape:
+            raise ValueError(
+                f"observed must have y's shape {y.shape}; got {observed.shape}."
+            )
     y_filled = jnp.where(observed, y, 0.0)
     return y_filled, observed
 
@@ -582,6 +589,7 @@ def log_likelihood(
     y: Float[Array, "t p"],
     method: str = "auto",
     steady_from: int | None = None,
+    observed=None,
 ) -> Float[Array, ""]:
     """Exact Gaussian log-likelihood ``log p(y_1, ..., y_T)``.
 
@@ -597,6 +605,12 @@ def log_likelihood(
         Optional static hint for ``"fast"``: from this step on the step length and
         the missing pattern no longer change (see :func:`steady_from_hint`).
         The result is exact either way; the hint only saves work.
+    observed
+        Optional boolean mask of observed values (default ``~isnan(y)``).  Pass it
+        when many series share one missing pattern (complete data, say) and ``y``
+        is batched with ``vmap`` while the mask is not: the covariance recursion,
+        which depends on the mask but not on the data, is then computed once for
+        the whole batch.  Values of ``y`` where the mask is False are ignored.
 
     Returns
     -------
@@ -604,7 +618,7 @@ def log_likelihood(
     (for instance a stationary initial state requested for unstable dynamics).
     """
     method = _check_method(method)
-    y, observed = _prepare(ssm, y)
+    y, observed = _prepare(ssm, y, observed)
     if method == "sequential":
         steps = _sequential(ssm, y, observed, keep_moments=False)
     elif method == "parallel":
@@ -619,13 +633,14 @@ def kalman_filter(
     y: Float[Array, "t p"],
     method: str = "auto",
     steady_from: int | None = None,
+    observed=None,
 ) -> FilterResult:
     """Filtered and one-step-predicted moments and the log-likelihood.
 
     See :func:`log_likelihood` for the arguments.
     """
     method = _check_method(method)
-    y, observed = _prepare(ssm, y)
+    y, observed = _prepare(ssm, y, observed)
     if method == "sequential":
         out = _sequential(ssm, y, observed, keep_moments=True)
     elif method == "parallel":
@@ -670,7 +685,3 @@ def kalman_smoother(
     means = jnp.concatenate([means, last[0][None]])
     covs = jnp.concatenate([covs, last[1][None]])
     return SmootherResult(filt, means, covs)
-
-
-# Keep the mask type visible to type checkers.
-_Mask = Bool[Array, "t p"]
