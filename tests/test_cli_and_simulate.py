@@ -67,3 +67,19 @@ def test_fit_mle_bad_input_errors():
         cr.fit_mle(cr.CTVAR(), np.arange(1.0, 3.0), np.zeros((2, 40)))
     with pytest.raises(ValueError, match="at least 10"):
         cr.fit_mle(cr.CTVAR(), np.arange(1.0, 6.0), np.zeros((5, 2)))
+
+
+def test_shared_drive_study_returns_contract_and_null_truth():
+    from coregulation.simulate import simulate_shared_drive_dyads
+
+    ds, truth = simulate_shared_drive_dyads(
+        jax.random.key(3), num_dyads=2, num_sessions=2, duration=300.0, missing_rate=0.02,
+        me_sd=(0.2, 0.2),
+    )
+    assert ds.y.shape == (2, 2, 300, 2)
+    assert list(truth.state.values) == ["x_therapist", "x_client", "drive"]
+    assert float(abs(truth.therapist_to_client).sum() + abs(truth.client_to_therapist).sum()) == 0.0
+    # the two roles share the drive: clearly correlated at lag 0 without any coupling
+    y = ds.y.values[0, 0]
+    ok = ~np.isnan(y).any(axis=1)
+    assert np.corrcoef(y[ok, 0], y[ok, 1])[0, 1] > 0.2

@@ -8,6 +8,7 @@ from coregulation.simulate._simulate import (
     simulate,
     simulate_dyads,
     simulate_shared_drive,
+    simulate_shared_drive_dyads,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "simulate",
     "simulate_dyads",
     "simulate_shared_drive",
+    "simulate_shared_drive_dyads",
 ]

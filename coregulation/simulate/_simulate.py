@@ -279,3 +279,50 @@ def shared_drive_system(tau=(5.0, 30.0), drive_tau=60.0, loading=(1.0, 1.0), lat
     )
     diffusion = np.diag([*(2 * np.asarray(latent_sd, float) ** 2 / tau), 2.0 / drive_tau])
     return drift, diffusion
+
+
+def simulate_shared_drive_dyads(
+    key,
+    *,
+    num_dyads: int = 1,
+    num_sessions: int = 1,
+    duration: float = 600.0,
+    sampling_interval: float = 1.0,
+    missing_rate: float = 0.0,
+    burst_rate: float = 0.0,
+    roles: Sequence[str] = ("therapist", "client"),
+    **drive,
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """A study under the null of no coupling with a shared drive (METHODS.md §3.4.6f).
+
+    Each session is an independent draw of :func:`simulate_shared_drive` (keywords in
+    ``drive``: ``tau``, ``drive_tau``, ``loading``, ``latent_sd``, ``me_sd``, ``mu``).
+    Returns the data contract and the truth: zero coupling both ways, and the latent
+    states including the drive.
+    """
+    if num_dyads < 1 or num_sessions < 1:
+        raise ValueError(f"num_dyads and num_sessions must be >= 1; got {num_dyads}, {num_sessions}.")
+    times = np.arange(1, int(round(duration / sampling_interval)) + 1) * sampling_interval
+    keys = jax.random.split(key, num_dyads * num_sessions + 1)
+    rng = np.random.default_rng(int(jax.random.randint(keys[-1], (), 0, 2**31 - 1)))
+    y = np.empty((num_dyads, num_sessions, times.size, 2))
+    states = np.empty((num_dyads, num_sessions, times.size, 3))
+    for d in range(num_dyads):
+        for s in range(num_sessions):
+            sim = simulate_shared_drive(keys[d * num_sessions + s], times, **drive)
+            y[d, s] = add_missing(sim.y, times, rng, missing_rate, burst_rate)
+            states[d, s] = sim.states
+    ds = _data.from_arrays(
+        y, np.broadcast_to(times, y.shape[:3]), roles=tuple(roles), signal="simulated_shared_drive"
+    )
+    truth = xr.Dataset(
+        {
+            "therapist_to_client": (("dyad",), np.zeros(num_dyads)),
+            "client_to_therapist": (("dyad",), np.zeros(num_dyads)),
+            "states": (("dyad", "session", "time", "state"), states),
+        },
+        coords={"dyad": ds["dyad"].values,
+                "state": [f"x_{roles[0]}", f"x_{roles[1]}", "drive"]},
+        attrs={"scenario": "shared_drive_no_coupling", **{k: str(v) for k, v in drive.items()}},
+    )
+    return ds, truth
