@@ -23,6 +23,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/kalman_speed.py
+	$(PY) benchmarks/make_results_table.py $$(ls -t benchmarks/results/kalman_speed-*.json | head -1)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check coregulation tests benchmarks
