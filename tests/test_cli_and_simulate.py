@@ -79,7 +79,16 @@ def test_shared_drive_study_returns_contract_and_null_truth():
     assert ds.y.shape == (2, 2, 300, 2)
     assert list(truth.state.values) == ["x_therapist", "x_client", "drive"]
     assert float(abs(truth.therapist_to_client).sum() + abs(truth.client_to_therapist).sum()) == 0.0
-    # the two roles share the drive: clearly correlated at lag 0 without any coupling
-    y = ds.y.values[0, 0]
-    ok = ~np.isnan(y).any(axis=1)
-    assert np.corrcoef(y[ok, 0], y[ok, 1])[0, 1] > 0.2
+    # the roles share the drive: lag-0 correlation as the Lyapunov solution says
+    import scipy.linalg
+
+    from coregulation.simulate import shared_drive_system
+
+    (long, _) = simulate_shared_drive_dyads(jax.random.key(4), duration=20_000.0, me_sd=(0.2, 0.2))
+    A, S = shared_drive_system()
+    stat = scipy.linalg.solve_continuous_lyapunov(A, -S)
+    analytic = stat[0, 1] / np.sqrt((stat[0, 0] + 0.04) * (stat[1, 1] + 0.04))
+    y = long.y.values[0, 0]
+    assert analytic > 0.3
+    # 20,000 s is ~330 drive time constants: SE of the correlation ~0.05
+    assert abs(np.corrcoef(y[:, 0], y[:, 1])[0, 1] - analytic) < 0.15

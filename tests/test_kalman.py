@@ -172,3 +172,22 @@ def test_shared_observed_mask_equals_default(rng):
         np.testing.assert_allclose(shared, default, rtol=1e-12)
     with pytest.raises(ValueError, match="observed must have"):
         cr.log_likelihood(ssm, ys[0], observed=mask[:10])
+
+
+def test_closed_form_tail_matches_dense_joint_gaussian(model_case, rng):
+    """The fast method's closed-form Riccati tail (hint given, tail >= 64 steps)."""
+    _, model, truth = model_case
+    times = np.arange(1.0, 121.0)
+    y = np.array(cr.simulate(model, truth, times, jax.random.key(8)).y)
+    y[4] = np.nan
+    y[11, 0] = np.nan
+    grid = TimeGrid.from_times(times)
+    hint = steady_from_hint(grid.step_index, y)
+    assert hint == 12 and len(times) - hint >= 64
+    ssm = model.to_lgssm(truth, grid)
+    reference = dense_log_likelihood(ssm, y)
+    assert abs(float(cr.log_likelihood(ssm, y, "fast", steady_from=hint)) - reference) < AGREE
+    out = cr.kalman_filter(ssm, y, "fast", steady_from=hint)
+    ref = cr.kalman_filter(ssm, y, "sequential")
+    np.testing.assert_allclose(out.filtered_covs, ref.filtered_covs, atol=1e-10)
+    np.testing.assert_allclose(out.filtered_means, ref.filtered_means, atol=1e-9)

@@ -65,8 +65,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # Doublings of the one-step filter element for the steady-state covariance: covers
 # 2**40 steps, enough for closed loops with spectral radius up to 1 - 1e-11.
 _DOUBLINGS = 40
-# A time-invariant, complete tail shorter than this is scanned (nothing to gain).
-_MIN_TAIL = 8
+# A time-invariant, complete tail shorter than this is scanned: the closed form's
+# fixed cost (the doubling for the steady state) only pays on longer tails.
+_MIN_TAIL = 64
 
 
 class LGSSM(NamedTuple):
