@@ -142,7 +142,7 @@ def run(lengths, batches, quick: bool):
                 if batch > 1 and T > 3000:
                     continue  # 50 x 36000 sequential scans take minutes per tool here
                 keys = jax.random.split(jax.random.key(T), batch)
-                ys = jnp.stack([jnp.asarray(cr.simulate(model, truth, times, k).y) for k in keys])
+                ys = jnp.stack([jnp.asarray(cr.simulate_series(model, truth, times, k).y) for k in keys])
                 hint = 0  # complete, regular data: steady state from the start
 
                 # Complete data, one pattern for every dyad: pass the mask unbatched
@@ -220,7 +220,7 @@ def memory_scaling(lengths):
     for T in lengths:
         times = np.arange(1.0, T + 1.0)
         grid = TimeGrid.from_times(times)
-        y = jnp.asarray(cr.simulate(model, truth, times, jax.random.key(1)).y)
+        y = jnp.asarray(cr.simulate_series(model, truth, times, jax.random.key(1)).y)
 
         def loglik(x, y):
             return cr.log_likelihood(model.to_lgssm(space.constrain(x), grid), y, "fast",

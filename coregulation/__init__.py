@@ -7,7 +7,7 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
-from coregulation import data  # noqa: E402
+from coregulation import data, simulate  # noqa: E402  (simulate: the subpackage)
 from coregulation.inference.kalman import (  # noqa: E402
     LGSSM,
     kalman_filter,
@@ -24,7 +24,11 @@ from coregulation.models import (  # noqa: E402
     PriorScales,
     TimeGrid,
 )
-from coregulation.simulate import simulate, simulate_dyads, simulate_shared_drive  # noqa: E402
+from coregulation.simulate import (  # noqa: E402
+    simulate_dyads,
+    simulate_series,
+    simulate_shared_drive,
+)
 
 __version__ = "0.1.0"
 
@@ -45,5 +49,6 @@ __all__ = [
     "log_likelihood",
     "simulate",
     "simulate_dyads",
+    "simulate_series",
     "simulate_shared_drive",
 ]

@@ -26,9 +26,9 @@ def test_bundled_demo_data_is_valid():
 
 def test_same_key_same_bits_and_different_key_differs():
     times = np.arange(1.0, 101.0)
-    a = cr.simulate(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(4))
-    b = cr.simulate(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(4))
-    c = cr.simulate(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(5))
+    a = cr.simulate_series(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(4))
+    b = cr.simulate_series(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(4))
+    c = cr.simulate_series(cr.CTVAR(), CTVAR_TRUTH, times, jax.random.key(5))
     np.testing.assert_array_equal(a.y, b.y)
     assert not np.allclose(a.y, c.y)
 
@@ -36,7 +36,7 @@ def test_same_key_same_bits_and_different_key_differs():
 def test_simulated_variance_matches_stationary_covariance():
     model = cr.CTVAR()
     times = np.cumsum(np.random.default_rng(0).uniform(0.5, 3.0, 50_000))  # irregular
-    sim = cr.simulate(model, CTVAR_TRUTH, times, jax.random.key(9))
+    sim = cr.simulate_series(model, CTVAR_TRUTH, times, jax.random.key(9))
     stat = np.asarray(model.stationary_state_cov(CTVAR_TRUTH))
     np.testing.assert_allclose(np.cov(sim.states.T), stat, atol=0.06)
 
@@ -59,7 +59,7 @@ def test_simulate_dyads_contract_truth_and_missingness():
 def test_simulate_rejects_unstable_stationary():
     bad = dict(CTVAR_TRUTH, therapist_to_client=2.0, client_to_therapist=2.0)
     with pytest.raises(ValueError, match="unstable"):
-        cr.simulate(cr.CTVAR(), bad, np.arange(1.0, 50.0), jax.random.key(0))
+        cr.simulate_series(cr.CTVAR(), bad, np.arange(1.0, 50.0), jax.random.key(0))
 
 
 def test_fit_mle_bad_input_errors():

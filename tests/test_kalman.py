@@ -20,7 +20,7 @@ def _series(model, truth, rng, num_timesteps=40, irregular=False, missing=True):
         times = np.cumsum(rng.uniform(0.5, 2.5, num_timesteps))
     else:
         times = np.arange(1, num_timesteps + 1, dtype=float)
-    sim = cr.simulate(model, truth, times, jax.random.key(int(rng.integers(1 << 30))))
+    sim = cr.simulate_series(model, truth, times, jax.random.key(int(rng.integers(1 << 30))))
     y = sim.y.copy()
     if missing:
         y[3] = np.nan  # a whole row
@@ -91,7 +91,7 @@ def test_steady_state_shortcut_is_exact_on_long_series(rng):
     from conftest import OSCILLATOR_TRUTH
 
     times = np.arange(1, 3001, dtype=float)
-    sim = cr.simulate(model, OSCILLATOR_TRUTH, times, jax.random.key(3))
+    sim = cr.simulate_series(model, OSCILLATOR_TRUTH, times, jax.random.key(3))
     y = sim.y.copy()
     y[100:130] = np.nan  # a burst early on; complete and regular afterwards
     grid = TimeGrid.from_times(times)
@@ -162,7 +162,7 @@ def test_shared_observed_mask_equals_default(rng):
     model = cr.CTVAR()
     times = np.arange(1.0, 61.0)
     ssm = model.to_lgssm(CTVAR_TRUTH, TimeGrid.from_times(times))
-    ys = np.stack([cr.simulate(model, CTVAR_TRUTH, times, jax.random.key(i)).y for i in range(3)])
+    ys = np.stack([cr.simulate_series(model, CTVAR_TRUTH, times, jax.random.key(i)).y for i in range(3)])
     ys[:, 10] = np.nan
     ys[:, 20, 1] = np.nan
     mask = ~np.isnan(ys[0])
@@ -178,7 +178,7 @@ def test_closed_form_tail_matches_dense_joint_gaussian(model_case, rng):
     """The fast method's closed-form Riccati tail (hint given, tail >= 64 steps)."""
     _, model, truth = model_case
     times = np.arange(1.0, 121.0)
-    y = np.array(cr.simulate(model, truth, times, jax.random.key(8)).y)
+    y = np.array(cr.simulate_series(model, truth, times, jax.random.key(8)).y)
     y[4] = np.nan
     y[11, 0] = np.nan
     grid = TimeGrid.from_times(times)

@@ -122,7 +122,7 @@ def test_shared_drive_ccf_asymmetry_without_coupling():
 def test_implied_ccf_matches_long_simulation():
     model = cr.CTVAR()
     times = np.arange(1, 100_001, dtype=float)
-    sim = cr.simulate(model, CTVAR_TRUTH, times, jax.random.key(7))
+    sim = cr.simulate_series(model, CTVAR_TRUTH, times, jax.random.key(7))
     lags = np.array([-10.0, -3.0, 0.0, 3.0, 10.0])
     implied = np.asarray(model.implied_ccf(CTVAR_TRUTH, lags))
     y = sim.y

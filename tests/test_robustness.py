@@ -15,7 +15,7 @@ def test_loglik_finite_or_minus_inf_over_prior_draws(name):
     cls, truth = MODEL_CASES[name]
     model = cls()
     times = np.arange(1.0, 41.0)
-    y = np.array(cr.simulate(model, truth, times, jax.random.key(0)).y)
+    y = np.array(cr.simulate_series(model, truth, times, jax.random.key(0)).y)
     y[5] = np.nan
     y[9, 1] = np.nan
     lik = cr.SeriesLikelihood.build(model, times, y, scales=cr.PriorScales(1.0, 600.0))
@@ -47,7 +47,7 @@ def test_mle_recovers_parameters_within_three_standard_errors(name):
     # an independent draw per model (a shared key would share the noise draws, so one
     # unlucky draw would fail every model at once)
     seed = sorted(MODEL_CASES).index(name)
-    sim = cr.simulate(model, truth, times, jax.random.key(seed))
+    sim = cr.simulate_series(model, truth, times, jax.random.key(seed))
     fit = cr.fit_mle(model, times, sim.y, init=truth)
     assert fit.converged, fit.message
     for pname in fit.params:

@@ -19,7 +19,7 @@ def test_wald_interval_coverage_of_couplings_ctvar():
     times = np.arange(1.0, 2001.0)
     hits = {"therapist_to_client": 0, "client_to_therapist": 0}
     for r in range(NUM_REPLICATES):
-        sim = cr.simulate(model, CTVAR_TRUTH, times, jax.random.key(1000 + r))
+        sim = cr.simulate_series(model, CTVAR_TRUTH, times, jax.random.key(1000 + r))
         fit = cr.fit_mle(model, times, sim.y, init=CTVAR_TRUTH)
         for name in hits:
             est, se = float(fit.params[name]), float(fit.se[name])

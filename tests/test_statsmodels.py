@@ -74,7 +74,7 @@ def test_oscillator_loglik_equals_statsmodels_with_missing_values():
 
     model = cr.CoupledOscillator()
     times = np.arange(1.0, 401.0)
-    y = np.array(cr.simulate(model, OSCILLATOR_TRUTH, times, jax.random.key(5)).y)
+    y = np.array(cr.simulate_series(model, OSCILLATOR_TRUTH, times, jax.random.key(5)).y)
     y[10] = np.nan
     y[50:80, 0] = np.nan
     y[200, 1] = np.nan

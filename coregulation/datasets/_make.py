@@ -19,7 +19,7 @@ HEART_RATE = {"therapist": (72.0, 4.0), "client": (84.0, 6.0)}  # mean, SD in bp
 def make_demo_data(folder: Path) -> None:
     times = np.arange(1.0, 1201.0)
     truth = {k: np.asarray(v) for k, v in DEMO_TRUTH.items()}
-    sim = cr.simulate(cr.CTVAR(), truth, times, jax.random.key(20261125))
+    sim = cr.simulate_series(cr.CTVAR(), truth, times, jax.random.key(20261125))
     rows = []
     for r, role in enumerate(("therapist", "client")):
         mean, sd = HEART_RATE[role]

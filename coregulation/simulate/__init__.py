@@ -5,8 +5,8 @@ from coregulation.simulate._simulate import (
     add_missing,
     sample_lgssm,
     shared_drive_system,
-    simulate,
     simulate_dyads,
+    simulate_series,
     simulate_shared_drive,
     simulate_shared_drive_dyads,
 )
@@ -16,7 +16,7 @@ __all__ = [
     "add_missing",
     "sample_lgssm",
     "shared_drive_system",
-    "simulate",
+    "simulate_series",
     "simulate_dyads",
     "simulate_shared_drive",
     "simulate_shared_drive_dyads",

@@ -58,7 +58,7 @@ def sample_lgssm(key, ssm: LGSSM) -> tuple[jax.Array, jax.Array]:
     return states, y
 
 
-def simulate(
+def simulate_series(
     model: Model,
     params: Mapping,
     times,
@@ -187,7 +187,9 @@ def simulate_dyads(
             if model.inputs:
                 u_ds = np.column_stack([_speech_turns(times, rng) for _ in model.inputs])
                 u[d, s] = u_ds
-            sim = simulate(model, dyad_params[d], times, keys[d * num_sessions + s], inputs=u_ds)
+            sim = simulate_series(
+                model, dyad_params[d], times, keys[d * num_sessions + s], inputs=u_ds
+            )
             y[d, s] = add_missing(sim.y, times, rng, missing_rate, burst_rate)
             states[d, s] = sim.states
     time = np.broadcast_to(times, (num_dyads, num_sessions, num_times))
