@@ -236,6 +236,9 @@ class Model:
     ----------
     roles
         The two role labels, in state order (default ``("therapist", "client")``).
+        Labels flow into state names, coordinates and derived quantities; the
+        coupling *parameters* keep their names, where "therapist" means the first
+        role and "client" the second (``therapist_to_client`` = first -> second).
     measurement_error
         Estimate a measurement-error standard deviation per role; ``False`` fixes
         it to zero.
@@ -528,6 +531,19 @@ class Model:
             return cross / norm
 
         return jax.vmap(one)(jnp.asarray(lags, dtype=float))
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelModel(Model):
+    """Families whose state is one level per role (CT-VAR, VAR1): coupling acts on levels."""
+
+    coupling_names: tuple[str, ...] = dataclasses.field(
+        default=("therapist_to_client", "client_to_therapist"), init=False
+    )
+
+    def __post_init__(self):
+        object.__setattr__(self, "state_names", tuple(f"x_{r}" for r in self.roles))
+        super().__post_init__()
 
 
 def _drop_role_axis(prior: dist.Distribution, axis: int) -> dist.Distribution:

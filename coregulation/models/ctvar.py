@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from coregulation.models._base import ROLE_DIM, CTSystem, Model, log_normal_time_constant
+from coregulation.models._base import ROLE_DIM, CTSystem, LevelModel, log_normal_time_constant
 
 
 @dataclasses.dataclass(frozen=True)
-class CTVAR(Model):
+class CTVAR(LevelModel):
     r"""Bivariate continuous-time VAR (multivariate Ornstein–Uhlenbeck) with coupling.
 
     Notes
@@ -39,14 +39,6 @@ class CTVAR(Model):
     """
 
     family: str = dataclasses.field(default="ctvar", init=False)
-    coupling_names: tuple[str, ...] = dataclasses.field(
-        default=("therapist_to_client", "client_to_therapist"), init=False
-    )
-    state_names: tuple[str, ...] = dataclasses.field(default=("x_0", "x_1"), init=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "state_names", tuple(f"x_{r}" for r in self.roles))
-        super().__post_init__()
 
     def _declare(self, scales):
         m, s = log_normal_time_constant(scales)

@@ -12,14 +12,14 @@ from numpyro.distributions import constraints
 
 from coregulation.inference.kalman import LGSSM
 from coregulation.models import _discretise as disc
-from coregulation.models._base import ROLE_DIM, Model, TimeGrid
+from coregulation.models._base import ROLE_DIM, LevelModel, TimeGrid
 
 # Relative spread of step lengths tolerated as "regular" (clock jitter in exported times).
 _REGULAR_RTOL = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
-class VAR1(Model):
+class VAR1(LevelModel):
     r"""Bivariate VAR(1) state space with measurement error (APIM/DSEM-comparable).
 
     Notes
@@ -41,14 +41,6 @@ class VAR1(Model):
     """
 
     family: str = dataclasses.field(default="var1", init=False)
-    coupling_names: tuple[str, ...] = dataclasses.field(
-        default=("therapist_to_client", "client_to_therapist"), init=False
-    )
-    state_names: tuple[str, ...] = dataclasses.field(default=("x_0", "x_1"), init=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "state_names", tuple(f"x_{r}" for r in self.roles))
-        super().__post_init__()
 
     def _declare(self, scales):
         inertia = dist.TransformedDistribution(
