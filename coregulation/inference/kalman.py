@@ -377,17 +377,22 @@ class _CovariancePass(NamedTuple):
     filt_cov: Array  # (t, n, n)
 
 
-def _covariance_step(ssm: LGSSM, cov, transition, process_cov, observed_k):
+def _covariance_update(ssm: LGSSM, pred_cov, observed_k) -> _CovariancePass:
+    """Measurement update of a predicted covariance (Joseph form), no data involved."""
     emission, emission_cov, _ = _masked_emission(ssm, observed_k)
-    pred_cov = _sym(transition @ cov @ transition.T + process_cov)
     cov_ht = pred_cov @ emission.T
-    innovation_cov = _sym(emission @ cov_ht + emission_cov)
-    chol, inv_chol = _cholesky_and_inverse(innovation_cov)
+    chol, inv_chol = _cholesky_and_inverse(_sym(emission @ cov_ht + emission_cov))
     gain = (cov_ht @ inv_chol.T) @ inv_chol  # P H^T S^{-1}
-    i_kh = jnp.eye(cov.shape[0], dtype=cov.dtype) - gain @ emission
+    i_kh = jnp.eye(pred_cov.shape[0], dtype=pred_cov.dtype) - gain @ emission
     filt_cov = _sym(i_kh @ pred_cov @ i_kh.T + gain @ emission_cov @ gain.T)
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
-    return filt_cov, _CovariancePass(gain, inv_chol, log_det, pred_cov, filt_cov)
+    return _CovariancePass(gain, inv_chol, log_det, pred_cov, filt_cov)
+
+
+def _covariance_step(ssm: LGSSM, cov, transition, process_cov, observed_k):
+    pred_cov = _sym(transition @ cov @ transition.T + process_cov)
+    out = _covariance_update(ssm, pred_cov, observed_k)
+    return out.filt_cov, out
 
 
 def _covariance_scan(ssm, initial_cov, transitions, process_covs, observed):
@@ -472,18 +477,7 @@ def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, 
 
 def _update_batch(ssm: LGSSM, pred_covs, observed):
     """Measurement updates of a batch of predicted covariances (vectorised)."""
-
-    def one(pred_cov, observed_k):
-        emission, emission_cov, _ = _masked_emission(ssm, observed_k)
-        cov_ht = pred_cov @ emission.T
-        chol, inv_chol = _cholesky_and_inverse(_sym(emission @ cov_ht + emission_cov))
-        gain = (cov_ht @ inv_chol.T) @ inv_chol
-        i_kh = jnp.eye(pred_cov.shape[0], dtype=pred_cov.dtype) - gain @ emission
-        filt_cov = _sym(i_kh @ pred_cov @ i_kh.T + gain @ emission_cov @ gain.T)
-        log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
-        return _CovariancePass(gain, inv_chol, log_det, pred_cov, filt_cov)
-
-    return jax.vmap(one)(pred_covs, observed)
+    return jax.vmap(lambda pred_cov, o: _covariance_update(ssm, pred_cov, o))(pred_covs, observed)
 
 
 def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None) -> _CovariancePass:
