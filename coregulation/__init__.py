@@ -14,8 +14,11 @@ from coregulation.inference.kalman import (  # noqa: E402
     kalman_smoother,
     log_likelihood,
 )
+from coregulation.inference.bayes import fit  # noqa: E402
+from coregulation.inference.hierarchy import Pooling  # noqa: E402
 from coregulation.inference.likelihood import SeriesLikelihood  # noqa: E402
 from coregulation.inference.mle import MLEResult, fit_mle  # noqa: E402
+from coregulation.inference.results import Fit, SamplerWarning, load_fit  # noqa: E402
 from coregulation.models import (  # noqa: E402
     CTVAR,
     VAR1,
@@ -36,16 +39,21 @@ __all__ = [
     "CTVAR",
     "VAR1",
     "CoupledOscillator",
+    "Fit",
     "LGSSM",
     "MLEResult",
     "ParameterSpace",
+    "Pooling",
     "PriorScales",
+    "SamplerWarning",
     "SeriesLikelihood",
     "TimeGrid",
     "data",
+    "fit",
     "fit_mle",
     "kalman_filter",
     "kalman_smoother",
+    "load_fit",
     "log_likelihood",
     "simulate",
     "simulate_dyads",

@@ -623,6 +623,30 @@ def log_likelihood(
     return _guard(jnp.sum(steps))
 
 
+def log_likelihood_terms(
+    ssm: LGSSM,
+    y: Float[Array, "t p"],
+    method: str = "auto",
+    steady_from: int | None = None,
+    observed=None,
+) -> Float[Array, " t"]:
+    """Per-step terms ``log p(y_k | y_1, ..., y_{k-1})`` (0 where nothing is observed).
+
+    Same arguments as :func:`log_likelihood`, whose value is their sum.  Use it for
+    pointwise model comparison, or to drop trailing padding of a batch of ragged
+    series: rows past a series' end, marked observed (with any finite value),
+    keep the covariance recursion time-invariant there, and their terms are
+    simply not summed.  Terms are NaN (not ``-inf``) where a covariance fails.
+    """
+    method = _check_method(method)
+    y, observed = _prepare(ssm, y, observed)
+    if method == "sequential":
+        return _sequential(ssm, y, observed, keep_moments=False)
+    if method == "parallel":
+        return _parallel(ssm, y, observed, keep_moments=False)
+    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from)
+
+
 def kalman_filter(
     ssm: LGSSM,
     y: Float[Array, "t p"],

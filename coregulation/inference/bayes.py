@@ -1,0 +1,344 @@
+"""Bayesian fits with the NumPyro back end: NUTS, SVI, Laplace and MAP (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import scipy.optimize
+import xarray as xr
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer.initialization import init_to_value
+from numpyro.infer.util import initialize_model
+
+from coregulation import data as data_module
+from coregulation.inference.batch import SeriesBatch, build_batch_log_likelihood
+from coregulation.inference.hierarchy import Design, Pooling, build_design, build_numpyro_model
+from coregulation.models._base import Model
+from coregulation.models.parameters import ParameterSpace
+
+FIT_METHODS = ("nuts", "svi", "laplace", "map")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """Everything a back end needs: model, data batch, hierarchy and the likelihood."""
+
+    model: Model
+    data: xr.Dataset
+    batch: SeriesBatch
+    design: Design
+    batch_log_likelihood: object
+    kalman: str
+
+
+def build_problem(
+    model: Model,
+    data,
+    *,
+    pooling: Pooling | None = None,
+    priors: Mapping | None = None,
+    standardise: bool = True,
+    therapists: Sequence | None = None,
+    session_covariates=None,
+    kalman: str = "auto",
+) -> Problem:
+    """Validate inputs and assemble the batch, the design and the batched likelihood."""
+    if not isinstance(model, Model):
+        raise TypeError(
+            f"model must be a coregulation model (CTVAR(), CoupledOscillator(), VAR1()); "
+            f"got {type(model).__name__}. Did you pass the class instead of an instance?"
+            if isinstance(model, type) else
+            f"model must be a coregulation model (CTVAR(), CoupledOscillator(), VAR1()); "
+            f"got {type(model).__name__}."
+        )
+    if priors:
+        model = dataclasses.replace(model, priors={**model.priors, **dict(priors)})
+    if not isinstance(data, xr.Dataset):
+        raise TypeError(
+            "data must be a data-contract Dataset (coregulation.data.from_long / from_arrays "
+            f"/ read_csv / load); got {type(data).__name__}."
+        )
+    data = data_module.validate(data)
+    if len(model.inputs) and ("u" not in data or list(data["input"].values) != list(model.inputs)):
+        have = list(data["input"].values) if "u" in data else []
+        raise ValueError(f"the model declares inputs {list(model.inputs)}; the data has {have}.")
+    if len(model.moderators) and (
+        "z" not in data or list(data["moderator"].values) != list(model.moderators)
+    ):
+        have = list(data["moderator"].values) if "z" in data else []
+        raise ValueError(
+            f"the model declares moderators {list(model.moderators)}; the data has {have}."
+        )
+    if standardise and data.attrs.get("scaling") != "zscore_person_session":
+        data = data_module.standardise(data)
+    batch = SeriesBatch.from_dataset(data)
+    if pooling is None:
+        pooling = Pooling(levels=("dyad",) if np.unique(batch.dyad_index).size > 1 else ())
+    design = build_design(model, batch, pooling, data, therapists, session_covariates)
+    ll = build_batch_log_likelihood(model, batch, method=kalman)
+    return Problem(model, data, batch, design, ll, kalman)
+
+
+def fit(
+    model: Model,
+    data,
+    *,
+    method: str = "nuts",
+    pooling: Pooling | None = None,
+    priors: Mapping | None = None,
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    seed: int = 0,
+    chain_method: str | None = None,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    svi_steps: int = 5000,
+    num_predictive: int = 100,
+    standardise: bool = True,
+    therapists: Sequence | None = None,
+    session_covariates=None,
+    kalman: str = "auto",
+    progress_bar: bool = True,
+    warn: bool = True,
+):
+    """Fit ``model`` to a data-contract ``data`` set; returns a :class:`~coregulation.Fit`.
+
+    Parameters
+    ----------
+    model
+        ``CTVAR()``, ``CoupledOscillator()`` or ``VAR1()`` with its options.
+    data
+        The data contract (``coregulation.data``).  With ``standardise=True``
+        (default) a z-scored copy is fitted (per person-session, METHODS.md §3.1),
+        the user's dataset is untouched and the scale factors are kept in the result.
+    method
+        ``"nuts"`` (NumPyro NUTS, initialised from the MAP), ``"svi"`` (mean-field
+        normal guide), ``"laplace"`` (normal approximation at the MAP, unconstrained
+        scale) or ``"map"`` (posterior mode only).
+    pooling
+        :class:`Pooling`; default: all free parameters pooled across dyads when there
+        are several dyads, one shared set of parameters otherwise.
+    priors
+        Replacement priors by parameter name (numpyro distributions with the same
+        support); they also set the population-level priors of pooled parameters.
+    num_chains, num_warmup, num_samples, seed, target_accept, max_tree_depth
+        NUTS settings; ``chain_method`` defaults to ``"vectorized"`` (one vmapped
+        program for all chains, the cheapest on CPU) when there is one device.
+    svi_steps
+        Optimisation steps for ``"svi"``.
+    num_predictive
+        Posterior draws used for posterior-predictive simulation (0 to skip).
+    therapists, session_covariates
+        For the ``"therapist"`` pooling level (one label per dyad) and for
+        session-level covariates (a table with ``dyad``, ``session`` and covariate
+        columns).
+    kalman
+        Kalman method for the likelihood (``"auto"``, ``"fast"``, ``"sequential"``,
+        ``"parallel"``).
+    """
+    if method not in FIT_METHODS:
+        raise ValueError(f"method must be one of {FIT_METHODS}; got {method!r}.")
+    for name, value, low in (("num_chains", num_chains, 1), ("num_warmup", num_warmup, 0),
+                             ("num_samples", num_samples, 1), ("svi_steps", svi_steps, 1),
+                             ("num_predictive", num_predictive, 0),
+                             ("max_tree_depth", max_tree_depth, 1)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must be in (0, 1); got {target_accept}.")
+    problem = build_problem(
+        model, data, pooling=pooling, priors=priors, standardise=standardise,
+        therapists=therapists, session_covariates=session_covariates, kalman=kalman,
+    )
+    numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
+    key = jax.random.key(seed)
+    key_init, key_run, key_pred = jax.random.split(key, 3)
+    start = time.perf_counter()
+    init_values = map_initial_values(problem)
+    info = initialize_model(key_init, numpyro_model, init_strategy=init_to_value(values=init_values))
+    stats = {}
+    if method == "nuts":
+        if chain_method is None:
+            chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
+        kernel = NUTS(numpyro_model, target_accept_prob=target_accept,
+                      max_tree_depth=max_tree_depth)
+        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
+                    num_chains=num_chains, chain_method=chain_method,
+                    progress_bar=progress_bar)
+        inits = _jitter(key_init, info.param_info.z, num_chains)
+        mcmc.run(key_run, init_params=inits,
+                 extra_fields=("diverging", "num_steps", "accept_prob", "energy",
+                               "potential_energy"))
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        stats = {
+            "diverging": np.asarray(extra["diverging"]),
+            "n_steps": np.asarray(extra["num_steps"]),
+            "tree_depth": np.floor(np.log2(np.asarray(extra["num_steps"]) + 1)).astype(int),
+            "acceptance_rate": np.asarray(extra["accept_prob"]),
+            "energy": np.asarray(extra["energy"]),
+            "lp": -np.asarray(extra["potential_energy"]),
+        }
+        settings = dict(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
+                        chain_method=chain_method, target_accept=target_accept,
+                        max_tree_depth=max_tree_depth)
+    elif method == "svi":
+        guide = AutoNormal(numpyro_model, init_loc_fn=init_to_value(values=init_values))
+        svi = SVI(numpyro_model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+        result = svi.run(key_run, svi_steps, progress_bar=progress_bar)
+        keys = jax.random.split(key_pred, num_samples)
+        draws = jax.vmap(lambda k: guide.sample_posterior(k, result.params))(keys)
+        samples = _complete_sites(numpyro_model, draws, info, num_samples)
+        stats = {"elbo_loss": np.asarray(result.losses)}
+        settings = dict(svi_steps=svi_steps, num_samples=num_samples)
+    else:
+        mode, hessian = _find_mode(info, hessian=method == "laplace")
+        if method == "map":
+            flat = mode[None]
+            settings = {}
+        else:
+            cov = _inverse_psd(hessian)
+            flat = np.random.default_rng(seed).multivariate_normal(
+                mode, cov, size=num_samples, method="cholesky"
+            )
+            settings = dict(num_samples=num_samples)
+        samples = _postprocess_flat(info, flat)
+    elapsed = time.perf_counter() - start
+    from coregulation.inference.results import Fit
+
+    return Fit.from_samples(
+        problem, samples, stats, method=method, settings=settings, seed=seed,
+        elapsed=elapsed, key=key_pred, num_predictive=num_predictive, warn=warn,
+    )
+
+
+# ----------------------------------------------------------------------------------
+# initialisation and modes
+# ----------------------------------------------------------------------------------
+
+
+def map_initial_values(problem: Problem) -> dict:
+    """Population values at the complete-pooling MAP; level scales small, effects 0.
+
+    Starting every chain at the mode of the pooled model (then jittered) keeps
+    warm-up out of the far tails, where stationary covariances and
+    discretisations are poorly conditioned.
+    """
+    space = ParameterSpace(problem.model, problem.batch.scales)
+    ll = problem.batch_log_likelihood
+
+    def objective(vector):
+        return -(jnp.sum(ll(space.constrain(vector))) + space.log_prior_unconstrained(vector))
+
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+
+    def fun(x):
+        v, g = value_and_grad(jnp.asarray(x))
+        v, g = float(v), np.asarray(g)
+        if not np.isfinite(v):
+            return 1e300, np.zeros_like(g)
+        return v, g
+
+    start = np.asarray(space.unconstrain(space.prior_median()))
+    result = scipy.optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
+                                     options={"maxiter": 500})
+    best = result.x if np.isfinite(result.fun) and result.fun < 1e299 else start
+    values = {k: np.asarray(v) for k, v in space.constrain(jnp.asarray(best)).items()}
+    design = problem.design
+    for p in design.table:
+        if p.name not in design.pooled:
+            continue
+        for level in design.levels:
+            if not (design.pooling.correlated and level == "dyad"):
+                values[f"{p.name}_sd_{level}"] = np.full(p.shape, 0.1)
+    return values
+
+
+def _jitter(key, z: dict, num_chains: int) -> dict:
+    """``num_chains`` copies of unconstrained values ``z``, each perturbed by N(0, 0.1^2)."""
+    leaves, treedef = jax.tree.flatten(z)
+    keys = jax.random.split(key, len(leaves))
+    out = [
+        leaf[None] + 0.1 * jax.random.normal(k, (num_chains, *jnp.shape(leaf)))
+        for leaf, k in zip(leaves, keys)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def _flatten(z: dict):
+    names = sorted(z)
+    shapes = [jnp.shape(z[n]) for n in names]
+    sizes = [int(np.prod(s, dtype=int)) for s in shapes]
+
+    def unflatten(x):
+        out, offset = {}, 0
+        for n, s, k in zip(names, shapes, sizes):
+            out[n] = x[offset : offset + k].reshape(s)
+            offset += k
+        return out
+
+    flat = np.concatenate([np.asarray(z[n]).reshape(-1) for n in names]) if names else np.zeros(0)
+    return flat, unflatten
+
+
+def _find_mode(info, hessian: bool):
+    """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian there."""
+    x0, unflatten = _flatten(info.param_info.z)
+    potential = jax.jit(jax.value_and_grad(lambda x: info.potential_fn(unflatten(x))))
+
+    def fun(x):
+        v, g = potential(jnp.asarray(x))
+        v = float(v)
+        return (v, np.asarray(g)) if np.isfinite(v) else (1e300, np.zeros_like(x))
+
+    result = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+                                     options={"maxiter": 5000, "ftol": 1e-12})
+    mode = result.x
+    if not hessian:
+        return mode, None
+    h = jax.jit(jax.hessian(lambda x: info.potential_fn(unflatten(x))))(jnp.asarray(mode))
+    return mode, np.asarray(h)
+
+
+def _inverse_psd(hessian):
+    h = 0.5 * (hessian + hessian.T)
+    vals, vecs = np.linalg.eigh(h)
+    if np.any(vals <= 0):
+        raise FloatingPointError(
+            "the Hessian at the posterior mode is not positive definite "
+            f"(smallest eigenvalue {vals.min():.3g}); the Laplace approximation does not exist "
+            "here. Use method='nuts' or method='svi'."
+        )
+    return (vecs / vals) @ vecs.T
+
+
+def _postprocess_flat(info, flat: np.ndarray) -> dict:
+    """Unconstrained flat draws -> constrained sites and deterministics, (1, draw, ...)."""
+    _, unflatten = _flatten(info.param_info.z)
+
+    @jax.jit
+    def one(x):
+        return info.postprocess_fn(unflatten(x))
+
+    draws = jax.lax.map(one, jnp.asarray(flat))
+    return {k: np.asarray(v)[None] for k, v in draws.items()}
+
+
+def _complete_sites(numpyro_model, draws, info, num_samples) -> dict:
+    """Guide draws of the latent sites -> all sites incl. deterministics, (1, draw, ...)."""
+    from numpyro.infer import Predictive
+
+    latent = {k: v for k, v in draws.items() if k in info.param_info.z}
+    predictive = Predictive(numpyro_model, posterior_samples=latent)
+    full = predictive(jax.random.key(0))
+    out = {**latent, **full}
+    return {k: np.asarray(v)[None] for k, v in out.items()
+            if k != "likelihood" and np.shape(v)[:1] == (num_samples,)}
