@@ -8,14 +8,14 @@ import jax as _jax
 _jax.config.update("jax_enable_x64", True)
 
 from coregulation import data, simulate  # noqa: E402  (simulate: the subpackage)
+from coregulation.inference.bayes import fit  # noqa: E402
+from coregulation.inference.hierarchy import Pooling  # noqa: E402
 from coregulation.inference.kalman import (  # noqa: E402
     LGSSM,
     kalman_filter,
     kalman_smoother,
     log_likelihood,
 )
-from coregulation.inference.bayes import fit  # noqa: E402
-from coregulation.inference.hierarchy import Pooling  # noqa: E402
 from coregulation.inference.likelihood import SeriesLikelihood  # noqa: E402
 from coregulation.inference.mle import MLEResult, fit_mle  # noqa: E402
 from coregulation.inference.results import Fit, SamplerWarning, load_fit  # noqa: E402

@@ -1,6 +1,11 @@
-"""The ``coreg`` command line."""
+"""The ``coreg`` command line: simulate, fit, demo."""
 
 from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import typer
@@ -12,41 +17,211 @@ app = typer.Typer(help="coregulation: dynamical-systems models of dyadic coregul
                   no_args_is_help=True)
 console = Console()
 
+MODELS = {"ctvar": "CTVAR", "oscillator": "CoupledOscillator", "var1": "VAR1"}
+
 
 @app.callback()
 def main() -> None:
     """Bayesian dynamical-systems models of physiological coregulation in dyads."""
 
 
-@app.command()
-def demo(method: str = typer.Option("auto", help="Kalman method: sequential, parallel, fast, auto.")):
-    """Fit the bundled demo dyad by maximum likelihood and show couplings next to the truth."""
+def _model(name: str):
     import coregulation as cr
-    from coregulation import data
-    from coregulation.datasets import demo_dyad
 
-    ds, truth = demo_dyad()
-    ds = data.standardise(ds)
-    (series,) = list(data.iter_series(ds))
-    console.print(
-        f"[bold]Demo:[/] dyad {str(series.dyad)!r}, {series.y.shape[0]} s of "
-        f"{ds.attrs['signal']} at 1 s, CT-VAR fitted by maximum likelihood ({method} filter)."
+    key = name.lower()
+    if key not in MODELS:
+        raise typer.BadParameter(f"--model must be one of {sorted(MODELS)}; got {name!r}.")
+    return getattr(cr, MODELS[key])()
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file is left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _read_data(path: Path):
+    from coregulation import data
+
+    if not path.exists():
+        raise typer.BadParameter(f"DATA file {path} does not exist.")
+    suffixes = "".join(path.suffixes).lower()
+    try:
+        if suffixes.endswith((".csv", ".csv.gz")):
+            return data.read_csv(path)
+        if suffixes.endswith((".parquet", ".pq")):
+            return data.read_parquet(path)
+        if suffixes.endswith((".nc", ".nc4", ".netcdf")):
+            return data.load(path)
+    except ValueError as err:
+        raise typer.BadParameter(f"DATA {path}: {err}") from err
+    raise typer.BadParameter(
+        f"DATA must be .csv, .csv.gz, .parquet or .nc (netCDF); got {path.name!r}."
     )
-    fit = cr.fit_mle(cr.CTVAR(), series.times, series.y, method=method)
-    table = Table(title="Directed coupling (standardised drift), estimate vs truth")
-    for col in ("parameter", "truth", "estimate", "95% interval"):
-        table.add_column(col, justify="right")
-    rows = fit.table().set_index("parameter")
-    for name in ("therapist_to_client", "client_to_therapist", "tau[therapist]", "tau[client]",
-                 "shock_corr"):
-        base = name.split("[")[0]
-        true = np.asarray(truth[base])
-        true = true[0 if "therapist]" in name else 1] if true.ndim else true
-        r = rows.loc[name]
-        table.add_row(escape(name), f"{float(true):.3f}", f"{r.estimate:.3f}",
-                      f"[{r.lower_95:.3f}, {r.upper_95:.3f}]")
-    console.print(table)
-    console.print(f"log-likelihood {fit.log_likelihood:.2f}; converged: {fit.converged}")
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., help="Output file: .csv, .parquet or .nc."),
+    model: str = typer.Option("ctvar", help="ctvar, oscillator or var1."),
+    dyads: int = typer.Option(10, min=1), sessions: int = typer.Option(1, min=1),
+    duration: float = typer.Option(600.0, help="Session length (s)."),
+    interval: float = typer.Option(1.0, help="Sampling interval (s)."),
+    therapist_to_client: float = typer.Option(0.4), client_to_therapist: float = typer.Option(0.0),
+    missing_rate: float = typer.Option(0.0, min=0.0, max=0.9),
+    seed: int = typer.Option(0),
+):
+    """Simulate a study with known coupling; writes the data and a truth JSON beside it."""
+    import jax
+
+    import coregulation as cr
+    from coregulation.models.parameters import ParameterSpace
+
+    m = _model(model)
+    params = {k: np.asarray(v) for k, v in ParameterSpace(m).prior_median().items()}
+    names = [n for n in m.coupling_names]
+    for name in names:
+        if name.endswith("therapist_to_client"):
+            params[name] = np.asarray(therapist_to_client)
+        elif name.endswith("client_to_therapist"):
+            params[name] = np.asarray(client_to_therapist)
+    ds, _ = cr.simulate_dyads(m, params, jax.random.key(seed), num_dyads=dyads,
+                              num_sessions=sessions, duration=duration,
+                              sampling_interval=interval, missing_rate=missing_rate)
+    suffix = out.suffix.lower()
+    if suffix == ".nc":
+        _atomic_write(out, lambda tmp: cr.data.to_netcdf(ds, tmp))
+    elif suffix in (".csv", ".parquet"):
+        df = _to_long(ds)
+        _atomic_write(out, (lambda tmp: df.to_csv(tmp, index=False)) if suffix == ".csv"
+                      else (lambda tmp: df.to_parquet(tmp, index=False)))
+    else:
+        raise typer.BadParameter(f"--out must end in .csv, .parquet or .nc; got {out.name!r}.")
+    truth = {k: np.asarray(v).tolist() for k, v in params.items()}
+    truth_path = out.with_name(out.stem + "_truth.json")
+    _atomic_write(truth_path, lambda tmp: Path(tmp).write_text(json.dumps(truth, indent=1)))
+    console.print(f"wrote {out} ({dyads} dyads x {sessions} sessions) and {truth_path}")
+
+
+def _to_long(ds):
+    import pandas as pd
+
+    rows = []
+    for i, d in enumerate(ds["dyad"].values):
+        for j, s in enumerate(ds["session"].values):
+            t = ds["time"].values[i, j]
+            keep = np.isfinite(t)
+            for r, role in enumerate(ds["role"].values):
+                rows.append(pd.DataFrame({"dyad": d, "session": s, "time": t[keep], "role": role,
+                                          "value": ds["y"].values[i, j, keep, r]}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _write_outputs(fit, out: Path, figures: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [fit.to_netcdf(out / "fit.nc")]
+    table = fit.coupling_table()
+    written.append(_atomic_write(out / "coupling_table.csv",
+                                 lambda tmp: table.to_csv(tmp, index=False)))
+    if figures:
+        from coregulation.plots import save_all
+
+        written.extend(save_all(fit, out / "figures"))
+    return written
+
+
+def _print_health(fit) -> None:
+    diag = fit.diagnostics()
+    if "max_rhat" in diag:
+        console.print(
+            f"sampler: max R-hat {diag['max_rhat']:.3f}, min bulk ESS {diag['min_ess_bulk']:.0f}, "
+            f"min tail ESS {diag['min_ess_tail']:.0f}, divergences {diag['divergences']}"
+        )
+    for message in diag["messages"]:
+        console.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+@app.command()
+def fit(
+    data_path: Path = typer.Argument(..., metavar="DATA", help="CSV/Parquet long table or netCDF."),
+    out: Path = typer.Option(..., help="Output folder."),
+    model: str = typer.Option("ctvar", help="ctvar, oscillator or var1."),
+    method: str = typer.Option("nuts", help="nuts, svi, laplace or map."),
+    chains: int = typer.Option(4, min=1), warmup: int = typer.Option(1000, min=0),
+    samples: int = typer.Option(1000, min=1), seed: int = typer.Option(0),
+    pool: bool = typer.Option(True, help="Partially pool parameters across dyads."),
+    figures: bool = typer.Option(True, help="Write figures."),
+):
+    """Fit a model; writes fit.nc (InferenceData), coupling_table.csv and figures/ to OUT."""
+    import coregulation as cr
+
+    m = _model(model)
+    ds = _read_data(data_path)
+    pooling = None if pool else cr.Pooling(levels=())
+    try:
+        result = cr.fit(m, ds, method=method, num_chains=chains, num_warmup=warmup,
+                        num_samples=samples, seed=seed, pooling=pooling, warn=False)
+    except (ValueError, TypeError) as err:
+        raise typer.BadParameter(str(err)) from err
+    written = _write_outputs(result, out, figures)
+    _print_health(result)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), help="Folder for the fit, table and figures."),
+    chains: int = typer.Option(2, min=1), warmup: int = typer.Option(200, min=0),
+    samples: int = typer.Option(200, min=1), seed: int = typer.Option(0),
+):
+    """Hierarchical Bayesian fit of the bundled study (20 dyads x 2 sessions), vs the truth."""
+    import time
+
+    import coregulation as cr
+    from coregulation.datasets import demo_study
+
+    ds, truth = demo_study()
+    console.print(
+        f"[bold]Demo:[/] {ds.sizes['dyad']} therapist-client dyads x {ds.sizes['session']} "
+        f"sessions of {ds.attrs['signal']} at 1 s; CT-VAR with couplings and time constants "
+        "pooled across dyads; NumPyro NUTS."
+    )
+    start = time.perf_counter()
+    pooling = cr.Pooling(parameters=("therapist_to_client", "client_to_therapist", "tau"))
+    result = cr.fit(cr.CTVAR(), ds, num_chains=chains, num_warmup=warmup, num_samples=samples,
+                    seed=seed, pooling=pooling, warn=False)
+    elapsed = time.perf_counter() - start
+    table = result.coupling_table()
+    rows = table[table["level"] == "dyad"].set_index(["dyad", "quantity"])
+    t_c, c_t = "therapist → client", "client → therapist"
+    view = Table(title="Directed coupling per dyad: posterior mean [95% interval] vs truth")
+    for col in ("dyad", "pattern", "T→C truth", "T→C estimate", "C→T truth", "C→T estimate",
+                "P(T-led)"):
+        view.add_column(col, justify="right")
+    hits = 0
+    for _, row in truth.iterrows():
+        a, b = rows.loc[(row.dyad, t_c)], rows.loc[(row.dyad, c_t)]
+        for est, true in ((a, row.therapist_to_client), (b, row.client_to_therapist)):
+            hits += est["lower_95%"] <= true <= est["upper_95%"]
+        view.add_row(row.dyad, row.pattern, f"{row.therapist_to_client:.2f}",
+                     f"{a['mean']:.2f} [{a['lower_95%']:.2f}, {a['upper_95%']:.2f}]",
+                     f"{row.client_to_therapist:.2f}",
+                     f"{b['mean']:.2f} [{b['lower_95%']:.2f}, {b['upper_95%']:.2f}]",
+                     f"{a['p_therapist_led']:.2f}")
+    console.print(view)
+    console.print(f"{hits} of {2 * len(truth)} true couplings inside their 95% intervals; "
+                  f"fit took {elapsed:.0f} s.")
+    _print_health(result)
+    written = _write_outputs(result, out)
+    console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

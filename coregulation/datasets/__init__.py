@@ -6,6 +6,7 @@ import json
 from importlib import resources
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from coregulation import data as _data
@@ -22,3 +23,19 @@ def demo_dyad() -> tuple[xr.Dataset, dict]:
     ds = _data.read_csv(folder / "demo_dyad.csv", signal="heart_rate", unit="bpm")
     truth = json.loads((folder / "demo_dyad_truth.json").read_text())
     return ds, {k: np.asarray(v) if isinstance(v, list) else v for k, v in truth.items()}
+
+
+def demo_study() -> tuple[xr.Dataset, pd.DataFrame]:
+    """The synthetic demo study: 20 therapist-client dyads x 2 sessions, 5 min each.
+
+    Heart rate at 1 s from a CT-VAR with mixed, known coupling: five dyads each
+    therapist-led (therapist->client 0.5), client-led (client->therapist 0.5),
+    mutual (0.35 both ways) and uncoupled.  Regenerate with
+    ``python -m coregulation.datasets._make``.  Returns the data contract and the
+    per-dyad truth.
+    """
+    folder = resources.files(__name__)
+    df = pd.read_csv(folder / "demo_study.csv.gz")
+    ds = _data.from_long(df, signal="heart_rate", unit="bpm")
+    truth = pd.read_csv(folder / "demo_study_truth.csv")
+    return ds, truth

@@ -30,5 +30,52 @@ def make_demo_data(folder: Path) -> None:
     (folder / "demo_dyad_truth.json").write_text(json.dumps(DEMO_TRUTH, indent=1))
 
 
+# The demo study: 20 therapist-client dyads x 2 sessions of 5 min heart rate at 1 s,
+# with mixed, known coupling (standardised CT-VAR drift; the rest as DEMO_TRUTH).
+STUDY_PATTERNS = {
+    "therapist-led": (0.5, 0.0),
+    "client-led": (0.0, 0.5),
+    "mutual": (0.35, 0.35),
+    "uncoupled": (0.0, 0.0),
+}
+STUDY_DYADS = 20
+STUDY_SESSIONS = 2
+STUDY_DURATION = 300.0
+
+
+def study_truth() -> pd.DataFrame:
+    """Per-dyad true couplings of the demo study (patterns in turn, 5 dyads each)."""
+    names = list(STUDY_PATTERNS)
+    rows = []
+    for i in range(STUDY_DYADS):
+        pattern = names[i % len(names)]
+        t_to_c, c_to_t = STUDY_PATTERNS[pattern]
+        rows.append({"dyad": f"D{i + 1:02d}", "pattern": pattern,
+                     "therapist_to_client": t_to_c, "client_to_therapist": c_to_t})
+    return pd.DataFrame(rows)
+
+
+def make_study_data(folder: Path) -> None:
+    truth = study_truth()
+    times = np.arange(1.0, STUDY_DURATION + 1.0)
+    key = jax.random.key(20261126)
+    rows = []
+    for _, row in truth.iterrows():
+        params = {k: np.asarray(v) for k, v in DEMO_TRUTH.items()}
+        params["therapist_to_client"] = np.asarray(row.therapist_to_client)
+        params["client_to_therapist"] = np.asarray(row.client_to_therapist)
+        for session in range(1, STUDY_SESSIONS + 1):
+            key, sub = jax.random.split(key)
+            sim = cr.simulate_series(cr.CTVAR(), params, times, sub)
+            for r, role in enumerate(("therapist", "client")):
+                mean, sd = HEART_RATE[role]
+                values = np.round(mean + sd * sim.y[:, r], 3)
+                rows.append(pd.DataFrame({"dyad": row.dyad, "session": session, "time": times,
+                                          "role": role, "value": values}))
+    pd.concat(rows).to_csv(folder / "demo_study.csv.gz", index=False)
+    truth.to_csv(folder / "demo_study_truth.csv", index=False)
+
+
 if __name__ == "__main__":
     make_demo_data(Path(__file__).parent)
+    make_study_data(Path(__file__).parent)

@@ -25,7 +25,6 @@ from coregulation.inference.kalman import METHODS, log_likelihood_terms, steady_
 from coregulation.inference.likelihood import MIN_OBSERVED
 from coregulation.models._base import Model, PriorScales, TimeGrid
 
-
 # From this many series in one batch, ``method="auto"`` runs the sequential filter.
 _SEQUENTIAL_FROM = 8
 
@@ -274,7 +273,8 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
         # filter's batched small-matrix algebra beats the closed-form tail, whose
         # batched solves dominate; for a few series ``fast`` wins.
         method = "sequential" if batch.num_series >= _SEQUENTIAL_FROM else "fast"
-    model.check_grid(_series_grid(batch, batch.step_index[0], batch.inputs[0]))
+    for i in range(batch.num_series):
+        model.check_grid(batch.grid(i))
     table = {p.name: p for p in model.parameter_table(batch.scales)}
     y = jnp.asarray(np.where(batch.observed, np.nan_to_num(batch.y), 0.0))
     observed = jnp.asarray(batch.observed)

@@ -163,21 +163,22 @@ def fit(
     key_init, key_run, key_pred = jax.random.split(key, 3)
     start = time.perf_counter()
     init_values = map_initial_values(problem)
-    info = initialize_model(key_init, numpyro_model, init_strategy=init_to_value(values=init_values))
+    info = _model_info(problem, numpyro_model, init_values, key_init)
     stats = {}
     if method == "nuts":
         if chain_method is None:
             chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
-        kernel = NUTS(numpyro_model, target_accept_prob=target_accept,
+        kernel = NUTS(potential_fn=info.potential_fn, target_accept_prob=target_accept,
                       max_tree_depth=max_tree_depth)
         mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method=chain_method,
                     progress_bar=progress_bar)
-        inits = _jitter(key_init, info.param_info.z, num_chains)
+        inits = _valid_inits(info, _jitter(key_init, info.z, num_chains))
         mcmc.run(key_run, init_params=inits,
                  extra_fields=("diverging", "num_steps", "accept_prob", "energy",
                                "potential_energy"))
-        samples = mcmc.get_samples(group_by_chain=True)
+        unconstrained = mcmc.get_samples(group_by_chain=True)
+        samples = _postprocess(info, unconstrained)
         extra = mcmc.get_extra_fields(group_by_chain=True)
         stats = {
             "diverging": np.asarray(extra["diverging"]),
@@ -196,7 +197,8 @@ def fit(
         result = svi.run(key_run, svi_steps, progress_bar=progress_bar)
         keys = jax.random.split(key_pred, num_samples)
         draws = jax.vmap(lambda k: guide.sample_posterior(k, result.params))(keys)
-        samples = _complete_sites(numpyro_model, draws, info, num_samples)
+        latent = {k: v for k, v in draws.items() if k in info.z}
+        samples = _postprocess(info, jax.tree.map(lambda a: a[None], _unconstrain(info, latent)))
         stats = {"elbo_loss": np.asarray(result.losses)}
         settings = dict(svi_steps=svi_steps, num_samples=num_samples)
     else:
@@ -210,7 +212,10 @@ def fit(
                 mode, cov, size=num_samples, method="cholesky"
             )
             settings = dict(num_samples=num_samples)
-        samples = _postprocess_flat(info, flat)
+        _, unflatten = _flatten(info.z)
+        samples = _postprocess(
+            info, jax.tree.map(lambda a: a[None], jax.vmap(unflatten)(jnp.asarray(flat)))
+        )
     elapsed = time.perf_counter() - start
     from coregulation.inference.results import Fit
 
@@ -273,6 +278,70 @@ def _jitter(key, z: dict, num_chains: int) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelInfo:
+    """Unconstrained initial values ``z``, the potential and the map back to all sites."""
+
+    z: dict
+    potential_fn: object
+    postprocess_fn: object
+    unconstrain_fn: object
+
+
+def _model_info(problem, numpyro_model, init_values, key) -> ModelInfo:
+    """Sites and transforms from a cheap trace of the model without its likelihood.
+
+    numpyro's ``initialize_model`` runs the whole model eagerly, op by op, which
+    for a batched Kalman likelihood costs many small compilations; the latent
+    sites do not depend on the data, so they are found on the likelihood-free
+    model and the potential is built by tracing under ``jit`` only.
+    """
+    from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+
+    priors_only = build_numpyro_model(problem.design, problem.batch_log_likelihood,
+                                      likelihood=False)
+    init = initialize_model(key, priors_only, init_strategy=init_to_value(values=init_values))
+    z = init.param_info.z
+    return ModelInfo(
+        z=z,
+        potential_fn=lambda params: potential_energy(numpyro_model, (), {}, params),
+        postprocess_fn=lambda params: constrain_fn(numpyro_model, (), {}, params,
+                                                   return_deterministic=True),
+        unconstrain_fn=lambda values: unconstrain_fn(priors_only, (), {}, values),
+    )
+
+
+def _valid_inits(info: ModelInfo, inits: dict) -> dict:
+    """Replace any jittered chain start with a non-finite potential by the unjittered one."""
+    energy = jax.jit(jax.vmap(info.potential_fn))(inits)
+    ok = np.isfinite(np.asarray(energy))
+    if ok.all():
+        return inits
+    if not np.isfinite(float(jax.jit(info.potential_fn)(info.z))):
+        raise FloatingPointError(
+            "the log-density is not finite at the initial values from the MAP fit; check the "
+            "data for extreme values or trends, or pass priors= that fit the data's scale."
+        )
+    return jax.tree.map(
+        lambda a, z0: jnp.where(ok.reshape((-1,) + (1,) * jnp.ndim(z0)), a, z0[None]),
+        inits, info.z,
+    )
+
+
+def _unconstrain(info: ModelInfo, latent: dict) -> dict:
+    """Constrained draws (draw, ...) -> unconstrained (draw, ...)."""
+    return jax.vmap(info.unconstrain_fn)(latent)
+
+
+def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
+    """Unconstrained draws (chain, draw, ...) -> every site incl. deterministics (numpy)."""
+    leaves = jax.tree.leaves(unconstrained)
+    chains, draws = leaves[0].shape[:2]
+    flat = jax.tree.map(lambda a: a.reshape((chains * draws, *a.shape[2:])), unconstrained)
+    out = jax.lax.map(jax.jit(info.postprocess_fn), flat, batch_size=64)
+    return {k: np.asarray(v).reshape((chains, draws, *np.shape(v)[1:])) for k, v in out.items()}
+
+
 def _flatten(z: dict):
     names = sorted(z)
     shapes = [jnp.shape(z[n]) for n in names]
@@ -289,9 +358,9 @@ def _flatten(z: dict):
     return flat, unflatten
 
 
-def _find_mode(info, hessian: bool):
+def _find_mode(info: ModelInfo, hessian: bool):
     """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian there."""
-    x0, unflatten = _flatten(info.param_info.z)
+    x0, unflatten = _flatten(info.z)
     potential = jax.jit(jax.value_and_grad(lambda x: info.potential_fn(unflatten(x))))
 
     def fun(x):
@@ -318,27 +387,3 @@ def _inverse_psd(hessian):
             "here. Use method='nuts' or method='svi'."
         )
     return (vecs / vals) @ vecs.T
-
-
-def _postprocess_flat(info, flat: np.ndarray) -> dict:
-    """Unconstrained flat draws -> constrained sites and deterministics, (1, draw, ...)."""
-    _, unflatten = _flatten(info.param_info.z)
-
-    @jax.jit
-    def one(x):
-        return info.postprocess_fn(unflatten(x))
-
-    draws = jax.lax.map(one, jnp.asarray(flat))
-    return {k: np.asarray(v)[None] for k, v in draws.items()}
-
-
-def _complete_sites(numpyro_model, draws, info, num_samples) -> dict:
-    """Guide draws of the latent sites -> all sites incl. deterministics, (1, draw, ...)."""
-    from numpyro.infer import Predictive
-
-    latent = {k: v for k, v in draws.items() if k in info.param_info.z}
-    predictive = Predictive(numpyro_model, posterior_samples=latent)
-    full = predictive(jax.random.key(0))
-    out = {**latent, **full}
-    return {k: np.asarray(v)[None] for k, v in out.items()
-            if k != "likelihood" and np.shape(v)[:1] == (num_samples,)}

@@ -227,7 +227,7 @@ def _covariate_column(name, batch: SeriesBatch, data, session_covariates) -> np.
 # ----------------------------------------------------------------------------------
 
 
-def build_numpyro_model(design: Design, batch_log_likelihood):
+def build_numpyro_model(design: Design, batch_log_likelihood, likelihood: bool = True):
     """A numpyro model (no arguments) of the hierarchy and the batched likelihood.
 
     Sites: each free parameter by its own name (the population value, with the
@@ -235,6 +235,8 @@ def build_numpyro_model(design: Design, batch_log_likelihood):
     (``dyad_z`` and ``dyad_corr_chol`` when correlated); ``{name}_on_{covariate}``
     for covariate effects; deterministic ``series__{name}`` (per series),
     ``dyad__{name}`` (per dyad, no session effect) and ``log_lik`` (per series).
+    ``likelihood=False`` leaves the data out (same latent sites): tracing it
+    eagerly to find the sites and their supports is cheap.
     """
     pooling = design.pooling
     table = design.table
@@ -245,6 +247,9 @@ def build_numpyro_model(design: Design, batch_log_likelihood):
     )
     num_dyads, num_series = design.num_dyads, design.num_series
     k_pooled = design.pooled_size()
+    counts = np.zeros((num_dyads, num_series))
+    counts[design.dyad_index, np.arange(num_series)] = 1.0
+    dyad_average = jnp.asarray(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0))
 
     def model():
         series_params, dyad_params = {}, {}
@@ -285,7 +290,6 @@ def build_numpyro_model(design: Design, batch_log_likelihood):
             u_pop = transform.inv(pop)
             u_dyad = jnp.broadcast_to(u_pop, (num_dyads, *p.shape))
             u_series = jnp.broadcast_to(u_pop, (num_series, *p.shape))
-            u_dyad_shift = 0.0
             if p.name in design.covariate_names:
                 shift = 0.0
                 for c, cov in enumerate(design.covariate_names[p.name]):
@@ -295,6 +299,9 @@ def build_numpyro_model(design: Design, batch_log_likelihood):
                     column = jnp.asarray(design.covariate_values[p.name][:, c])
                     shift = shift + column.reshape((-1,) + (1,) * event) * beta[None]
                 u_series = u_series + shift
+                # a dyad's value: its series' covariate shifts averaged (exact for
+                # dyad-level covariates; session-level ones at the dyad's mean)
+                u_dyad = u_dyad + jnp.tensordot(dyad_average, shift, axes=1)
             if p.name in pooled:
                 series_dyad = _level_effect(p, "dyad", num_dyads, pooling, corr_effects)
                 if series_dyad is not None:
@@ -308,6 +315,8 @@ def build_numpyro_model(design: Design, batch_log_likelihood):
                     u_series = u_series + _non_centred(p, "session", num_series, pooling)
             series_params[p.name] = numpyro.deterministic(f"series__{p.name}", transform(u_series))
             dyad_params[p.name] = numpyro.deterministic(f"dyad__{p.name}", transform(u_dyad))
+        if not likelihood:
+            return
         log_lik = batch_log_likelihood(series_params)
         numpyro.deterministic("log_lik", log_lik)
         numpyro.factor("likelihood", jnp.sum(log_lik))

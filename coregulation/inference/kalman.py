@@ -234,6 +234,39 @@ def _cholesky_and_inverse(a: Array):
     return chol, inv
 
 
+def _bmm(a: Array, b: Array) -> Array:
+    """Batched product of small matrices as broadcast-multiply-reduce.
+
+    XLA fuses it on CPU, and it avoids a layout bug of XLA's CPU compiler (jax
+    0.10) that rejects dot_general with three batch dimensions, which nested
+    ``vmap`` (chains x series x time) produces.
+    """
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+def _bmv(a: Array, v: Array) -> Array:
+    """Batched matrix-vector product ``a @ v`` (see :func:`_bmm`)."""
+    return jnp.sum(a * v[..., None, :], axis=-1)
+
+
+def _solve(a: Array, b: Array) -> Array:
+    """``a^{-1} b`` for a (batch of) square ``a``; closed form for 1x1 and 2x2.
+
+    Batched LAPACK solves of tiny matrices cost a library call each on CPU; the
+    closed forms are fused elementwise arithmetic.  Larger systems use LU.
+    """
+    n = a.shape[-1]
+    if n == 1:
+        return b / a
+    if n == 2:
+        a11, a12 = a[..., 0, 0], a[..., 0, 1]
+        a21, a22 = a[..., 1, 0], a[..., 1, 1]
+        det = a11 * a22 - a12 * a21
+        inv = jnp.stack([jnp.stack([a22, -a12], -1), jnp.stack([-a21, a11], -1)], -2)
+        return (inv / det[..., None, None]) @ b
+    return jnp.linalg.solve(a, b)
+
+
 def _guard(value: Array) -> Array:
     """Map NaN (a failed Cholesky: non-positive-definite covariance) to -inf."""
     return jnp.where(jnp.isnan(value), -jnp.inf, value)
@@ -416,19 +449,19 @@ def _steady_state_predicted_cov(ssm: LGSSM, transition, process_cov):
     eye = jnp.eye(n, dtype=transition.dtype)
     H, R = ssm.emission, ssm.emission_cov
     S = _sym(H @ process_cov @ H.T + R)
-    gain = jnp.linalg.solve(S, H @ process_cov).T
+    gain = _solve(S, H @ process_cov).T
     i_kh = eye - gain @ H
     A = i_kh @ transition
     C = _sym(i_kh @ process_cov @ i_kh.T + gain @ R @ gain.T)
     h_phi = H @ transition
-    J = _sym(h_phi.T @ jnp.linalg.solve(S, h_phi))
+    J = _sym(h_phi.T @ _solve(S, h_phi))
 
     def double(carry, _):
         A, C, J = carry
         i_cj = eye + C @ J
-        A2 = A @ jnp.linalg.solve(i_cj, A)
-        C2 = _sym(A @ jnp.linalg.solve(i_cj, C) @ A.T + C)
-        J2 = _sym(A.T @ jnp.linalg.solve(i_cj.T, J) @ A + J)
+        A2 = A @ _solve(i_cj, A)
+        C2 = _sym(A @ _solve(i_cj, C) @ A.T + C)
+        J2 = _sym(A.T @ _solve(i_cj.T, J) @ A + J)
         return (A2, C2, J2), None
 
     (_, filtered, _), _ = lax.scan(double, (A, C, J), None, length=_DOUBLINGS)
@@ -462,7 +495,7 @@ def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, 
     H = ssm.emission
     steady = _steady_state_predicted_cov(ssm, transition, process_cov)
     S = _sym(H @ steady @ H.T + ssm.emission_cov)
-    s_inv_h = jnp.linalg.solve(S, H)
+    s_inv_h = _solve(S, H)
     F = transition - transition @ steady @ H.T @ s_inv_h
     M = _sym(H.T @ s_inv_h)
     powers = _matrix_powers(F, num)
@@ -470,7 +503,7 @@ def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, 
     gramians = jnp.cumsum(terms, axis=0) - terms  # exclusive: sum over j < k
     error0 = initial_pred_cov - steady
     eye = jnp.eye(n, dtype=F.dtype)
-    inner = jnp.linalg.solve(eye[None] + gramians @ error0[None], jnp.swapaxes(powers, -1, -2))
+    inner = _solve(eye[None] + gramians @ error0[None], jnp.swapaxes(powers, -1, -2))
     errors = powers @ error0[None] @ inner
     return _sym(steady[None] + errors)
 
@@ -519,12 +552,10 @@ def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None):
     transitions, _ = _step_matrices(ssm)
     emission, _, mask = jax.vmap(lambda o: _masked_emission(ssm, o))(observed)
     n = ssm.initial_mean.shape[0]
-    i_kh = jnp.eye(n, dtype=transitions.dtype)[None] - cp.gain @ emission
+    i_kh = jnp.eye(n, dtype=transitions.dtype)[None] - _bmm(cp.gain, emission)
     # m_k = (I - K H~)(Phi m_{k-1} + c_k) + K o(y_k - d)
-    F = i_kh @ transitions
-    g = jnp.einsum("tij,tj->ti", i_kh, ssm.state_offset) + jnp.einsum(
-        "tij,tj->ti", cp.gain, mask * (y - ssm.emission_offset[None])
-    )
+    F = _bmm(i_kh, transitions)
+    g = _bmv(i_kh, ssm.state_offset) + _bmv(cp.gain, mask * (y - ssm.emission_offset[None]))
     # Fold the initial mean into the first map, so the scan yields the means directly.
     g = g.at[0].add(F[0] @ ssm.initial_mean)
     F = F.at[0].set(jnp.zeros_like(F[0]))
@@ -541,9 +572,9 @@ def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None):
     else:
         _, filt_means = lax.associative_scan(_affine_combine, (F, g))
     prev_means = jnp.concatenate([ssm.initial_mean[None], filt_means[:-1]])
-    pred_means = jnp.einsum("tij,tj->ti", transitions, prev_means) + ssm.state_offset
+    pred_means = _bmv(transitions, prev_means) + ssm.state_offset
     innovation = mask * (y - pred_means @ ssm.emission.T - ssm.emission_offset[None])
-    whitened = jnp.einsum("tij,tj->ti", cp.inv_chol_innovation, innovation)
+    whitened = _bmv(cp.inv_chol_innovation, innovation)
     log_lik_steps = -0.5 * (
         jnp.sum(mask, axis=-1) * _LOG_2PI + cp.log_det_innovation + jnp.sum(whitened**2, axis=-1)
     )

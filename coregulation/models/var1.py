@@ -69,7 +69,7 @@ class VAR1(LevelModel):
 
     def check_grid(self, grid: TimeGrid) -> None:
         super().check_grid(grid)
-        if grid.num_timesteps > 1:
+        if grid.times is not None and grid.num_timesteps > 1:  # None: checked by the batch
             steps = np.diff(grid.times)
             spread = (steps.max() - steps.min()) / steps.max()
             if spread > _REGULAR_RTOL:
