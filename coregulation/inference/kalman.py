@@ -643,14 +643,8 @@ def log_likelihood(
     The log-likelihood, or ``-inf`` when a covariance is not positive definite
     (for instance a stationary initial state requested for unstable dynamics).
     """
-    method = _check_method(method)
-    y, observed = _prepare(ssm, y, observed)
-    if method == "sequential":
-        steps = _sequential(ssm, y, observed, keep_moments=False)
-    elif method == "parallel":
-        steps = _parallel(ssm, y, observed, keep_moments=False)
-    else:
-        steps = _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from)
+    steps = log_likelihood_terms(ssm, y, method=method, steady_from=steady_from,
+                                 observed=observed)
     return _guard(jnp.sum(steps))
 
 
