@@ -206,36 +206,6 @@ class SeriesBatch(NamedTuple):
             scales=scales,
         )
 
-    def subset(self, rows) -> SeriesBatch:
-        """The series at positions ``rows`` (labels and pooled steps kept)."""
-        rows = np.asarray(rows, dtype=int)
-        hints = [steady_from_hint(self.step_index[r], np.where(self.valid[r][:, None],
-                                                              self.y[r], 0.0)) for r in rows]
-        steady = None if any(h is None for h in hints) else max(hints)
-        return self._replace(
-            y=self.y[rows], observed=self.observed[rows], valid=self.valid[rows],
-            step_index=self.step_index[rows], inputs=self.inputs[rows], times=self.times[rows],
-            dyad_index=self.dyad_index[rows], session_index=self.session_index[rows],
-            steady_from=steady,
-        )
-
-    def truncate(self, fraction: float) -> SeriesBatch:
-        """Each series cut to its first ``fraction`` of time points (for leave-future-out)."""
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1); got {fraction}.")
-        valid = self.valid.copy()
-        y = self.y.copy()
-        for k in range(self.num_series):
-            n = int(valid[k].sum())
-            keep = max(int(np.floor(n * fraction)), MIN_OBSERVED)
-            valid[k, keep:] = False
-            y[k, keep:] = 0.0
-        hints = [steady_from_hint(self.step_index[k], y[k]) for k in range(self.num_series)]
-        steady = None if any(h is None for h in hints) else max(hints)
-        return self._replace(
-            y=y, valid=valid, observed=~np.isnan(y) | ~valid[..., None], steady_from=steady
-        )
-
 
 def _scales(grids, ys) -> PriorScales:
     interval = float(np.median([g.sampling_interval for g in grids]))
