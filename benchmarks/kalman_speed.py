@@ -245,10 +245,16 @@ def main():
     batches = [1] if args.quick else [1, 50]
     rows = run(lengths, batches, args.quick)
     rows += memory_scaling([10_000, 30_000, 100_000])
-    out = HERE / "results" / f"kalman_speed-{env['commit']}.json"
+    write_results(f"kalman_speed-{env['commit']}", env, rows)
+
+
+def write_results(stem: str, env: dict, rows: list) -> Path:
+    """``benchmarks/results/<stem>.json``: the environment and the rows."""
+    out = HERE / "results" / f"{stem}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
     print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ _jax.config.update("jax_enable_x64", True)
 
 from coregulation import data, simulate  # noqa: E402  (simulate: the subpackage)
 from coregulation.inference.bayes import fit  # noqa: E402
+from coregulation.inference.compare import (  # noqa: E402
+    Comparison,
+    LeaveFutureOut,
+    compare,
+    coupling_models,
+    leave_future_out,
+)
 from coregulation.inference.hierarchy import Pooling  # noqa: E402
 from coregulation.inference.kalman import (  # noqa: E402
     LGSSM,
@@ -37,10 +44,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CTVAR",
+    "Comparison",
     "VAR1",
     "CoupledOscillator",
     "Fit",
     "LGSSM",
+    "LeaveFutureOut",
     "MLEResult",
     "ParameterSpace",
     "Pooling",
@@ -48,11 +57,14 @@ __all__ = [
     "SamplerWarning",
     "SeriesLikelihood",
     "TimeGrid",
+    "compare",
+    "coupling_models",
     "data",
     "fit",
     "fit_mle",
     "kalman_filter",
     "kalman_smoother",
+    "leave_future_out",
     "load_fit",
     "log_likelihood",
     "simulate",

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import CTVAR_TRUTH
 from typer.testing import CliRunner
@@ -11,11 +12,21 @@ from coregulation.cli import app
 from coregulation.datasets import demo_dyad
 
 
-def test_demo_command_prints_both_couplings_next_to_truth():
-    result = CliRunner().invoke(app, ["demo"])
+def test_demo_command_prints_the_table_against_truth_and_writes_outputs(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--dyads", "3", "--chains", "1", "--warmup", "30", "--samples", "30",
+            "--out", str(out)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "therapist_to_client" in result.output and "client_to_therapist" in result.output
-    assert "tau[therapist]" in result.output
+    for dyad in ("D01", "D02", "D03"):
+        assert dyad in result.output
+    assert "D04" not in result.output
+    assert "true couplings inside their 95% intervals" in result.output
+    table = pd.read_csv(out / "coupling_table.csv")
+    assert set(table["dyad"].dropna()) >= {"D01", "D02", "D03"}
+    fit = cr.load_fit(out / "fit.nc")
+    assert fit.idata.posterior.sizes["draw"] == 30
+    assert (out / "figures" / "coupling_forest.png").stat().st_size > 0
 
 
 def test_bundled_demo_data_is_valid():

@@ -31,13 +31,17 @@ def make_demo_data(folder: Path) -> None:
 
 
 # The demo study: 20 therapist-client dyads x 2 sessions of 5 min heart rate at 1 s,
-# with mixed, known coupling (standardised CT-VAR drift; the rest as DEMO_TRUTH).
+# with mixed, known coupling (standardised CT-VAR drift; the rest as STUDY_BASE).
 STUDY_PATTERNS = {
     "therapist-led": (0.5, 0.0),
     "client-led": (0.0, 0.5),
     "mutual": (0.35, 0.35),
     "uncoupled": (0.0, 0.0),
 }
+# Time constants of 5 and 8 s: heart-rate fluctuations at the scale of the
+# baroreflex, so that a 5-minute session spans dozens of time constants and each
+# dyad's coupling is identified well enough to compare with the truth.
+STUDY_BASE = {**DEMO_TRUTH, "tau": [5.0, 8.0]}
 STUDY_DYADS = 20
 STUDY_SESSIONS = 2
 STUDY_DURATION = 300.0
@@ -51,7 +55,8 @@ def study_truth() -> pd.DataFrame:
         pattern = names[i % len(names)]
         t_to_c, c_to_t = STUDY_PATTERNS[pattern]
         rows.append({"dyad": f"D{i + 1:02d}", "pattern": pattern,
-                     "therapist_to_client": t_to_c, "client_to_therapist": c_to_t})
+                     "therapist_to_client": t_to_c, "client_to_therapist": c_to_t,
+                     "tau_therapist": STUDY_BASE["tau"][0], "tau_client": STUDY_BASE["tau"][1]})
     return pd.DataFrame(rows)
 
 
@@ -61,7 +66,7 @@ def make_study_data(folder: Path) -> None:
     key = jax.random.key(20261126)
     rows = []
     for _, row in truth.iterrows():
-        params = {k: np.asarray(v) for k, v in DEMO_TRUTH.items()}
+        params = {k: np.asarray(v) for k, v in STUDY_BASE.items()}
         params["therapist_to_client"] = np.asarray(row.therapist_to_client)
         params["client_to_therapist"] = np.asarray(row.client_to_therapist)
         for session in range(1, STUDY_SESSIONS + 1):

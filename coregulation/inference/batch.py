@@ -228,8 +228,13 @@ def _series_grid(batch: SeriesBatch, step_index, inputs) -> TimeGrid:
     )
 
 
-def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto"):
+def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
+                               per_step: bool = False):
     """A pure function ``params -> (num_series,)`` log-likelihoods, one per series.
+
+    With ``per_step=True`` it returns ``(num_series, num_timesteps)``: the terms
+    ``log p(y_t | y_<t)`` of each series (0 in the padding), whose sums are the
+    series' log-likelihoods.
 
     ``params`` maps each free parameter of ``model`` to either its own shape (shared
     by all series) or ``(num_series, *shape)`` (one value per series).  Series run
@@ -258,6 +263,12 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
         ssm = model.to_lgssm(params, _series_grid(batch, step_index_s, inputs_s))
         terms = log_likelihood_terms(ssm, y_s, method=method, steady_from=steady,
                                      observed=observed_s)
+        if per_step:
+            terms = jnp.where(valid_s, jnp.where(jnp.isnan(terms), -jnp.inf, terms), 0.0)
+            if stationary:
+                terms = jnp.where(model.is_stable(params), terms,
+                                  jnp.where(valid_s, -jnp.inf, 0.0))
+            return terms
         value = jnp.sum(jnp.where(valid_s, terms, 0.0))
         value = jnp.where(jnp.isnan(value), -jnp.inf, value)
         if stationary:

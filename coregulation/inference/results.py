@@ -118,6 +118,8 @@ class Fit:
     idata: az.InferenceData
     model: Model
     problem: object = None
+    # the options of the ``fit`` call that made it (for refits: leave-future-out)
+    fit_options: dict = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ building
 
@@ -236,7 +238,10 @@ class Fit:
                 rhat = az.rhat(post[names])
                 bulk = az.ess(post[names], method="bulk")
                 tail = az.ess(post[names], method="tail")
-            worst = {n: float(np.nanmax(rhat[n].values)) for n in names}
+            if post.sizes["chain"] > 1:
+                worst = {n: float(np.nanmax(rhat[n].values)) for n in names}
+            else:  # R-hat needs several chains
+                worst = {}
             max_rhat = max(worst.values()) if worst else float("nan")
             min_bulk = min(float(np.nanmin(bulk[n].values)) for n in names)
             min_tail = min(float(np.nanmin(tail[n].values)) for n in names)
@@ -317,10 +322,11 @@ class Fit:
         return self.model.free_names()
 
     def parameter_draws(self, level: str = "population", max_draws: int | None = None) -> dict:
-        """Free parameters as arrays (draw, ...) or (draw, dyad, ...) at ``level``.
+        """Free parameters as arrays (draw, ...), (draw, dyad, ...) or (draw, series, ...).
 
-        ``level="dyad"`` uses each dyad's values where pooled and the shared value
-        elsewhere (broadcast).  ``max_draws`` thins evenly.
+        ``level="series"`` gives each dyad-session its own values (session effects and
+        covariates included) as the likelihood saw them; ``level="dyad"`` uses each
+        dyad's values where pooled and the shared value elsewhere (broadcast).  ``max_draws`` thins evenly.
         """
         post = self.idata.posterior
         stacked = post.stack(sample=("chain", "draw"))
@@ -329,6 +335,10 @@ class Fit:
             0, num - 1, max_draws).astype(int)
         out = {}
         num_dyads = post.sizes.get("dyad", 0)
+        if level == "series":
+            return self._series_draws(stacked, idx)
+        if level not in ("population", "dyad"):
+            raise ValueError(f"level must be 'population', 'dyad' or 'series'; got {level!r}.")
         for name in self.free_names():
             if level == "dyad" and f"{name}_by_dyad" in post:
                 da = stacked[f"{name}_by_dyad"]
@@ -340,6 +350,24 @@ class Fit:
                     value = np.broadcast_to(value[:, None], (value.shape[0], num_dyads,
                                                              *value.shape[1:]))
                 out[name] = value
+        return out
+
+    def _series_draws(self, stacked, idx) -> dict:
+        """Each series' own values (draw, series, ...): its session's, else its dyad's."""
+        series_dyad = [str(d) for d in self.idata.constant_data["series_dyad"].values]
+        dyads = [str(d) for d in stacked["dyad"].values] if "dyad" in stacked.dims else []
+        position = np.asarray([dyads.index(d) for d in series_dyad]) if dyads else None
+        num_series = len(series_dyad)
+        out = {}
+        for name in self.free_names():
+            if f"{name}_by_series" in stacked:
+                out[name] = np.moveaxis(stacked[f"{name}_by_series"].values, -1, 0)[idx]
+            elif f"{name}_by_dyad" in stacked:
+                out[name] = np.moveaxis(stacked[f"{name}_by_dyad"].values, -1, 0)[idx][:, position]
+            else:
+                value = np.moveaxis(stacked[name].values, -1, 0)[idx]
+                out[name] = np.broadcast_to(value[:, None], (value.shape[0], num_series,
+                                                             *value.shape[1:]))
         return out
 
     def summary(self, var_names=None, hdi_prob: float = 0.95) -> pd.DataFrame:
