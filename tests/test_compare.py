@@ -93,7 +93,7 @@ def test_leave_future_out_one_step_equals_truncated_likelihoods(coupling_fits):
     assert result.steps.tolist() == [199] and result.refits == [199]
     # reference: refit on the past by hand, then each series' likelihood of its
     # first 200 and first 199 points on its own grid
-    past = cr.fit(fit.model, _mask_future(fit.problem.data, batch, 199),
+    past = cr.fit(fit.model, _mask_future(fit.problem.data, 199),
                   **{**FIT, "standardise": True})
     draws = past.parameter_draws(level="series")
     num = next(iter(draws.values())).shape[0]

@@ -283,11 +283,11 @@ def leave_future_out(fit, *, horizon: float = 0.2, threshold: float = PARETO_K_M
         raise ValueError("leave-future-out needs posterior draws; use method='nuts', 'svi' or "
                          "'laplace' for the refits (fit_overrides).")
     terms_fn = jax.jit(jax.vmap(build_batch_log_likelihood(
-        fit.model, batch, method=problem.kalman if problem.kalman != "auto" else "auto",
+        fit.model, batch, method=problem.kalman,
         per_step=True)))
 
     def refit_terms(cut: int) -> np.ndarray:
-        data = _mask_future(problem.data, batch, cut)
+        data = _mask_future(problem.data, cut)
         past = fit_model(fit.model, data, **options)
         draws = past.parameter_draws(level="series", max_draws=max_draws)
         terms = np.asarray(terms_fn({k: jnp.asarray(v) for k, v in draws.items()}))
@@ -328,7 +328,7 @@ def _psis(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
     return np.asarray(smoothed), float(k)
 
 
-def _mask_future(data, batch, cut: int):
+def _mask_future(data, cut: int):
     """A copy of ``data`` with every series' values from time index ``cut`` on missing."""
     masked = data.copy(deep=True)
     y = masked["y"].values
