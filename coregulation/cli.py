@@ -155,6 +155,8 @@ def fit(
     out: Path = typer.Option(..., help="Output folder."),
     model: str = typer.Option("ctvar", help="ctvar, oscillator or var1."),
     method: str = typer.Option("nuts", help="nuts, svi, laplace or map."),
+    backend: str = typer.Option("numpyro", help="numpyro or pymc (NUTS only)."),
+    sampler: str = typer.Option(None, help="With --backend pymc: pymc, nutpie or numpyro."),
     chains: int = typer.Option(4, min=1), warmup: int = typer.Option(1000, min=0),
     samples: int = typer.Option(1000, min=1), seed: int = typer.Option(0),
     pool: bool = typer.Option(True, help="Partially pool parameters across dyads."),
@@ -167,8 +169,9 @@ def fit(
     ds = _read_data(data_path)
     pooling = None if pool else cr.Pooling(levels=())
     try:
-        result = cr.fit(m, ds, method=method, num_chains=chains, num_warmup=warmup,
-                        num_samples=samples, seed=seed, pooling=pooling, warn=False)
+        result = cr.fit(m, ds, method=method, backend=backend, sampler=sampler,
+                        num_chains=chains, num_warmup=warmup, num_samples=samples, seed=seed,
+                        pooling=pooling, warn=False)
     except (ValueError, TypeError) as err:
         raise typer.BadParameter(str(err)) from err
     written = _write_outputs(result, out, figures)

@@ -25,6 +25,7 @@ from coregulation.models._base import Model
 from coregulation.models.parameters import ParameterSpace
 
 FIT_METHODS = ("nuts", "svi", "laplace", "map")
+BACKENDS = ("numpyro", "pymc")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,6 +93,8 @@ def fit(
     data,
     *,
     method: str = "nuts",
+    backend: str = "numpyro",
+    sampler: str | None = None,
     pooling: Pooling | None = None,
     priors: Mapping | None = None,
     num_chains: int = 4,
@@ -144,9 +147,40 @@ def fit(
     kalman
         Kalman method for the likelihood (``"auto"``, ``"fast"``, ``"sequential"``,
         ``"parallel"``).
+    backend, sampler
+        ``"numpyro"`` (default) or ``"pymc"``: the same hierarchy as a PyMC model
+        whose likelihood is a PyTensor Op around the jitted JAX log-likelihood
+        (NUTS only).  ``sampler`` picks PyMC's sampler: ``"pymc"`` (default, PyMC's
+        NUTS), ``"nutpie"`` or ``"numpyro"`` (NumPyro through PyMC).
     """
     if method not in FIT_METHODS:
         raise ValueError(f"method must be one of {FIT_METHODS}; got {method!r}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    if backend == "pymc":
+        from coregulation.inference import pymc_backend
+
+        if method != "nuts":
+            raise ValueError(
+                f"backend='pymc' samples with NUTS only; got method={method!r} (SVI, Laplace "
+                "and MAP run on the NumPyro back end)."
+            )
+        sampler = "pymc" if sampler is None else sampler
+        if sampler not in pymc_backend.SAMPLERS:
+            raise ValueError(
+                f"sampler must be one of {pymc_backend.SAMPLERS} for backend='pymc'; "
+                f"got {sampler!r}."
+            )
+        if pooling is not None and pooling.correlated:
+            raise ValueError(
+                "Pooling(correlated=True) is not available with backend='pymc'; use "
+                "backend='numpyro' or correlated=False."
+            )
+    elif sampler is not None:
+        raise ValueError(
+            f"sampler= chooses among PyMC's samplers and needs backend='pymc'; got "
+            f"sampler={sampler!r} with backend={backend!r}."
+        )
     for name, value, low in (("num_chains", num_chains, 1), ("num_warmup", num_warmup, 0),
                              ("num_samples", num_samples, 1), ("svi_steps", svi_steps, 1),
                              ("num_predictive", num_predictive, 0),
@@ -166,7 +200,22 @@ def fit(
     init_values = map_initial_values(problem)
     info = _model_info(problem, numpyro_model, init_values, key_init)
     stats = {}
-    if method == "nuts":
+    if backend == "pymc":
+        latent, stats = pymc_backend.sample(
+            problem.design, problem.batch_log_likelihood, init_values, list(info.z),
+            sampler=sampler, num_chains=num_chains, num_warmup=num_warmup,
+            num_samples=num_samples, seed=seed, target_accept=target_accept,
+            max_tree_depth=max_tree_depth, progress_bar=progress_bar,
+        )
+        chains, draws = next(iter(latent.values())).shape[:2]
+        flat = {k: jnp.asarray(v.reshape((chains * draws, *v.shape[2:]))) for k, v in latent.items()}
+        unconstrained = jax.tree.map(lambda a: a.reshape((chains, draws, *a.shape[1:])),
+                                     _unconstrain(info, flat))
+        samples = _postprocess(info, unconstrained)
+        settings = dict(backend="pymc", sampler=sampler, num_chains=num_chains,
+                        num_warmup=num_warmup, num_samples=num_samples,
+                        target_accept=target_accept, max_tree_depth=max_tree_depth)
+    elif method == "nuts":
         if chain_method is None:
             chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
         kernel = NUTS(potential_fn=info.potential_fn, target_accept_prob=target_accept,
@@ -228,7 +277,8 @@ def fit(
         elapsed=elapsed, key=key_pred, num_predictive=num_predictive, warn=warn,
     )
     result.fit_options = dict(
-        method=method, pooling=problem.design.pooling, num_chains=num_chains,
+        method=method, backend=backend, sampler=sampler, pooling=problem.design.pooling,
+        num_chains=num_chains,
         num_warmup=num_warmup, num_samples=num_samples, seed=seed, chain_method=chain_method,
         target_accept=target_accept, max_tree_depth=max_tree_depth, svi_steps=svi_steps,
         therapists=therapists, session_covariates=session_covariates, kalman=kalman,

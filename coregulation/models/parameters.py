@@ -101,11 +101,57 @@ class ParameterSpace:
         """Prior log-density of the unconstrained vector (includes the Jacobian)."""
         return self.log_prior(self.constrain(vector)) + self.log_abs_det_jacobian(vector)
 
-    def sample_prior(self, key, num_draws: int | None = None) -> dict[str, Array]:
-        """Draws from the priors: one set, or ``num_draws`` stacked along axis 0."""
-        shape = () if num_draws is None else (num_draws,)
+    def sample_prior(
+        self, key, num_draws: int | None = None, *, stable: bool = True, max_rounds: int = 100
+    ) -> dict[str, Array]:
+        """Draws from the priors: one set, or ``num_draws`` stacked along axis 0.
+
+        The joint prior is truncated to the stable region (METHODS.md §3.2: reject
+        unstable draws): with ``stable=True`` (default) unstable draws are replaced
+        by fresh ones, round by round, until every draw is stable; each kept draw is
+        then an exact draw from the truncated prior.  ``stable=False`` gives the
+        untruncated product of the marginal priors (robustness tests use it to
+        reach unstable systems on purpose).
+        """
+        single = num_draws is None
+        n = 1 if single else int(num_draws)
+        if n < 0:
+            raise ValueError(f"num_draws must be a non-negative integer; got {num_draws!r}.")
+        key, sub = jax.random.split(key)
+        draws = self._sample_untruncated(sub, n)
+        if stable and n:
+            is_stable = jax.jit(jax.vmap(self.model.is_stable))
+            bad = ~np.asarray(is_stable(draws))
+            rounds = 0
+            while bad.any():
+                rounds += 1
+                if rounds > max_rounds:
+                    raise ValueError(
+                        f"{int(bad.sum())} of {n} prior draws still unstable after "
+                        f"{max_rounds} rounds of rejection: the priors put almost no mass on "
+                        "stable systems. Narrow the coupling priors (priors=) or pass "
+                        "stable=False."
+                    )
+                key, sub = jax.random.split(key)
+                fresh = self._sample_untruncated(sub, n)
+                replace = jnp.asarray(bad)
+                draws = {
+                    k: jnp.where(replace.reshape((-1,) + (1,) * (v.ndim - 1)), fresh[k], v)
+                    for k, v in draws.items()
+                }
+                bad = bad & ~np.asarray(is_stable(fresh))
+        if single:
+            draws = {k: v[0] for k, v in draws.items()}
+        return draws
+
+    def _sample_untruncated(self, key, n: int) -> dict[str, Array]:
         keys = jax.random.split(key, len(self.table))
-        return {p.name: p.prior.sample(k, shape) for p, k in zip(self.table, keys)}
+        return {p.name: p.prior.sample(k, (n,)) for p, k in zip(self.table, keys)}
+
+    def stable_fraction(self, key, num_draws: int = 4000) -> float:
+        """Share of untruncated prior draws that are stable (the rejection acceptance rate)."""
+        draws = self._sample_untruncated(key, num_draws)
+        return float(np.mean(np.asarray(jax.jit(jax.vmap(self.model.is_stable))(draws))))
 
     def prior_median(self) -> dict[str, Array]:
         """A central point of the prior (median of each marginal by sampling, fixed key)."""
