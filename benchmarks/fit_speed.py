@@ -10,6 +10,9 @@ Tools, all on the same simulated data, priors, hierarchy and sampler settings:
 ``coregulation``
     ``coregulation.fit`` (NumPyro NUTS on our batched Kalman likelihood, MAP
     start, curvature-scaled initial mass matrix).
+``coregulation-pymc:nutpie``, ``coregulation-pymc:pymc``
+    Our PyMC back end (the same hierarchy in PyMC, the likelihood as a PyTensor Op
+    around our JAX likelihood), sampled by nutpie (JAX backend) or PyMC's NUTS.
 ``numpyro+dynamax``
     What a user writes without us: the same NumPyro model (our priors and
     hierarchy) with dynamax's ``lgssm_filter`` as the likelihood of each series
@@ -91,10 +94,10 @@ def summarise(posterior: dict, names, wall: float, divergences: int) -> dict:
     }
 
 
-def run_ours(model, ds, pooling, settings, seed):
+def run_ours(model, ds, pooling, settings, seed, **backend):
     start = time.perf_counter()
     fit = cr.fit(model, ds, pooling=pooling, seed=seed, warn=False, progress_bar=False,
-                 num_predictive=0, **settings)
+                 num_predictive=0, **backend, **settings)
     wall = time.perf_counter() - start
     post = fit.idata.posterior
     names = [v for v in fit.sampled_variables() if v != "dyad_corr_chol"]
@@ -144,7 +147,18 @@ def run_dynamax(model, ds, pooling, settings, seed):
     return summarise(draws, names, wall, divergences)
 
 
-TOOLS = {"coregulation": run_ours, "numpyro+dynamax": run_dynamax}
+def _pymc_tool(sampler):
+    def run(model, ds, pooling, settings, seed):
+        return run_ours(model, ds, pooling, settings, seed, backend="pymc", sampler=sampler)
+    return run
+
+
+TOOLS = {
+    "coregulation": run_ours,
+    "coregulation-pymc:nutpie": _pymc_tool("nutpie"),
+    "coregulation-pymc:pymc": _pymc_tool("pymc"),
+    "numpyro+dynamax": run_dynamax,
+}
 
 
 def main() -> None:

@@ -66,8 +66,9 @@ def _likelihood_op_class():
 
         __props__ = ("ident",)
 
-        def __init__(self, value_and_grad, ident):
+        def __init__(self, value_and_grad, jax_version, ident):
             self.value_and_grad = value_and_grad
+            self.jax_version = jax_version
             self.ident = ident
 
         def make_node(self, *inputs):
@@ -86,7 +87,7 @@ def _likelihood_op_class():
 
     @jax_funcify.register(BatchLogLikelihood)
     def _jax_batch_log_likelihood(op, **kwargs):
-        return op.value_and_grad
+        return op.jax_version
 
     _LIKELIHOOD_OP = BatchLogLikelihood
     return BatchLogLikelihood
@@ -104,16 +105,26 @@ def likelihood_op(design: Design, batch_log_likelihood):
 
     grad = jax.grad(total, argnums=tuple(range(len(names))))
 
-    @jax.jit
-    def value_and_grad(*arrays):
+    def outputs(*arrays):
         value = total(*arrays)
         value = jnp.where(jnp.isnan(value), -jnp.inf, value)
-        grads = grad(*arrays)
         # outside the support (value -inf) the gradient is irrelevant; keep it finite
-        grads = tuple(jnp.where(jnp.isfinite(g), g, 0.0) for g in grads)
+        grads = tuple(jnp.where(jnp.isfinite(g), g, 0.0) for g in grad(*arrays))
+        return value, grads
+
+    @jax.jit
+    def value_and_grad(*arrays):
+        value, grads = outputs(*arrays)
         return (value, *grads)
 
-    return _likelihood_op_class()(value_and_grad, next(_op_ids))
+    def jax_version(*arrays):
+        # Inside a sampler compiled to JAX the gradient comes from JAX's own autodiff
+        # of the value; the gradient outputs are cut from differentiation (else JAX
+        # would differentiate the gradient computation too) and, unused, removed by XLA.
+        value, grads = outputs(*arrays)
+        return (value, *jax.lax.stop_gradient(grads))
+
+    return _likelihood_op_class()(value_and_grad, jax_version, next(_op_ids))
 
 
 # ----------------------------------------------------------------------------------
