@@ -333,7 +333,8 @@ def sample(
                 draws=num_samples, tune=num_warmup, chains=num_chains, random_seed=seed,
                 initvals=initvals, target_accept=target_accept, progressbar=progress_bar,
                 nuts_sampler="numpyro", compute_convergence_checks=False,
-                nuts_sampler_kwargs={"chain_method": "vectorized"},
+                nuts_sampler_kwargs={"chain_method": "vectorized",
+                                     "nuts_kwargs": {"max_tree_depth": max_tree_depth}},
             )
         names = {"diverging": "diverging", "tree_depth": "tree_depth", "n_steps": "n_steps",
                  "acceptance_rate": "acceptance_rate", "energy": "energy", "lp": "lp"}
