@@ -1,0 +1,167 @@
+"""Physiology front end: recovers the series that generated synthetic raw signals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("neurokit2")
+
+from coregulation.physio import (  # noqa: E402
+    dyad_dataset,
+    ecg_epochs,
+    eda_epochs,
+    rsa_porges_bohrer,
+    rsp_epochs,
+)
+from coregulation.simulate.physiology import raw_recording  # noqa: E402
+
+RATE = 250.0
+
+
+def _arousal(seed: int, duration: int = 300, tau: float = 20.0):
+    """A standardised Ornstein-Uhlenbeck arousal path at 1 s (exact AR(1) steps)."""
+    rng = np.random.default_rng(seed)
+    phi = np.exp(-1.0 / tau)
+    a = np.zeros(duration + 1)
+    for k in range(1, a.size):
+        a[k] = phi * a[k - 1] + np.sqrt(1 - phi**2) * rng.normal()
+    return np.arange(a.size, dtype=float), a
+
+
+def _epoch_truth(per_sample, starts, epoch=1.0, rate=RATE):
+    return np.array([per_sample[int(s * rate) : int((s + epoch) * rate)].mean() for s in starts])
+
+
+@pytest.fixture(scope="module")
+def recording():
+    times, arousal = _arousal(1)
+    return raw_recording(times, arousal, seed=2, sampling_rate=RATE)
+
+
+def test_front_end_recovers_heart_rate_scl_and_respiration(recording):
+    ecg = ecg_epochs(recording.ecg, RATE, epoch=1.0)
+    assert ecg["ok"].mean() > 0.95
+    ok = ecg["ok"].to_numpy()
+    truth = _epoch_truth(recording.heart_rate, ecg["epoch_start"])
+    assert np.corrcoef(ecg["heart_rate"][ok], truth[ok])[0, 1] > 0.9
+    assert np.abs(ecg["heart_rate"][ok] - truth[ok]).mean() < 1.0  # bpm
+    np.testing.assert_allclose(ecg["ibi"][ok], 60_000 / ecg["heart_rate"][ok], rtol=0.02)
+    eda = eda_epochs(recording.eda, RATE, epoch=1.0)
+    ok = eda["ok"].to_numpy()
+    truth = _epoch_truth(recording.scl, eda["epoch_start"])
+    assert ok.mean() > 0.95 and np.corrcoef(eda["scl"][ok], truth[ok])[0, 1] > 0.9
+    rsp = rsp_epochs(recording.rsp, RATE, epoch=5.0)
+    ok = rsp["ok"].to_numpy()
+    truth = _epoch_truth(recording.respiration_rate, rsp["epoch_start"], epoch=5.0)
+    assert np.corrcoef(rsp["respiration_rate"][ok], truth[ok])[0, 1] > 0.8
+
+
+def _beats(amplitude_ms, frequency, duration=300.0, mean_ms=800.0):
+    """Beat times whose intervals follow mean + amplitude * sin(2 pi f t)."""
+    beats = [0.0]
+    while beats[-1] < duration:
+        t = beats[-1]
+        beats.append(t + (mean_ms + amplitude_ms * np.sin(2 * np.pi * frequency * t)) / 1000)
+    return np.asarray(beats)
+
+
+def test_rsa_is_the_log_variance_of_the_respiratory_band():
+    small = rsa_porges_bohrer(_beats(20.0, 0.25))
+    large = rsa_porges_bohrer(_beats(40.0, 0.25))
+    slow = rsa_porges_bohrer(_beats(20.0, 0.03))  # outside the band: not RSA
+    inner = slice(1, -1)  # edge epochs see the filters' start-up
+    # a sinusoid of amplitude A has variance A^2 / 2; sampling at beats and the
+    # filters' gain cost a little: within 0.3 on the log scale
+    assert np.all(np.abs(small[inner] - np.log(20.0**2 / 2)) < 0.3)
+    # the filters are linear in the IBI series: doubling A adds ln 4 (up to the beat
+    # times, which move with A)
+    np.testing.assert_allclose(large[inner] - small[inner], np.log(4.0), atol=0.1)
+    assert np.all(slow[inner] < small[inner] - 3.0)
+
+
+def test_bad_epochs_become_nan_never_filled(recording):
+    ecg = recording.ecg.copy()
+    lost = slice(int(100 * RATE), int(106 * RATE))  # electrode off for 6 s
+    ecg[lost] = 0.0
+    table = ecg_epochs(ecg, RATE, epoch=1.0)
+    window = table[(table["epoch_start"] >= 100) & (table["epoch_start"] < 105)]
+    assert (~window["ok"]).all() and window["heart_rate"].isna().all()
+    assert table["ok"].mean() > 0.85  # the rest survives
+    eda = recording.eda.copy()
+    eda[int(50 * RATE) : int(60 * RATE)] = eda[int(50 * RATE)]  # flat line for 10 s
+    eda[int(200 * RATE) : int(205 * RATE)] = eda.max() + 1.0  # clipped at the top
+    table = eda_epochs(eda, RATE, epoch=1.0)
+    flat = table[(table["epoch_start"] >= 50) & (table["epoch_start"] < 59)]
+    clipped = table[(table["epoch_start"] >= 200) & (table["epoch_start"] < 204)]
+    assert flat["flat"].all() and flat["scl"].isna().all()
+    assert clipped["clipped"].all() and clipped["scl"].isna().all()
+    assert table["ok"].sum() == len(table) - 10 - 5
+
+
+def test_dyad_on_one_clock_with_offsets_and_rates():
+    t_times, t_arousal = _arousal(3)
+    c_times, c_arousal = _arousal(4)
+    therapist = raw_recording(t_times, t_arousal, seed=5, sampling_rate=250.0)
+    client = raw_recording(c_times, c_arousal, seed=6, sampling_rate=500.0)
+    ds = dyad_dataset(
+        {"signal": therapist.ecg, "sampling_rate": 250.0, "start": 0.0},
+        {"signal": client.ecg[: int(290 * 500)], "sampling_rate": 500.0, "start": 2.5},
+        feature="heart_rate", epoch=1.0,
+    )
+    assert ds.attrs["sampling"] == "epoch_mean" and ds.attrs["signal"] == "heart_rate"
+    times = ds["time"].values[0, 0]
+    times = times[np.isfinite(times)]
+    assert times[0] == 0.0 and times.size == 290  # from 2.5 s to the client's end, 292.5 s
+    y = ds["y"].values[0, 0, : times.size]
+    # shared clock t -> therapist's own t, client's own t - 2.5
+    truth_t = _epoch_truth(therapist.heart_rate, times + 2.5, rate=250.0)
+    truth_c = _epoch_truth(client.heart_rate, times, rate=500.0)
+    for col, truth in ((0, truth_t), (1, truth_c)):
+        ok = np.isfinite(y[:, col])
+        assert ok.mean() > 0.95
+        assert np.corrcoef(y[ok, col], truth[ok])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="feature must be one of"):
+        dyad_dataset({"signal": therapist.ecg, "sampling_rate": 250.0},
+                     {"signal": client.ecg, "sampling_rate": 500.0}, feature="hrv")
+    with pytest.raises(ValueError, match="client must be a mapping"):
+        dyad_dataset({"signal": therapist.ecg, "sampling_rate": 250.0}, therapist.ecg)
+    with pytest.raises(ValueError, match="missing or infinite"):
+        ecg_epochs(np.r_[therapist.ecg[:5000], np.nan, therapist.ecg[5000:]], 250.0)
+
+
+@pytest.mark.slow
+def test_end_to_end_raw_ecg_to_directed_coupling():
+    """Latent T->C-only dyad -> raw ECG of both -> front end -> NUTS: most of 20 replicates
+    have a 90% interval of therapist->client above 0 and one of client->therapist covering 0.
+    """
+    import warnings
+
+    import jax
+
+    import coregulation as cr
+
+    model = cr.CTVAR()
+    truth = dict(tau=np.array([8.0, 12.0]), therapist_to_client=0.5, client_to_therapist=0.0,
+                 mu=np.zeros(2), latent_sd=np.ones(2), shock_corr=0.0,
+                 me_sd=np.array([0.05, 0.05]))
+    hits = 0
+    for rep in range(20):
+        latent, _ = cr.simulate_dyads(model, truth, jax.random.key(100 + rep), duration=900)
+        times = latent["time"].values[0, 0]
+        signals = []
+        for r in range(2):  # therapist, client
+            a = latent["y"].values[0, 0, :, r]
+            rec = raw_recording(times, (a - a.mean()) / a.std(), seed=1000 * rep + r,
+                                sampling_rate=RATE)
+            signals.append({"signal": rec.ecg, "sampling_rate": RATE})
+        ds = dyad_dataset(*signals, feature="heart_rate", epoch=1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = cr.fit(model, ds, num_chains=2, num_warmup=300, num_samples=300,
+                         seed=rep, num_predictive=0, progress_bar=False, warn=False)
+        post = fit.idata.posterior
+        t_c = np.quantile(post["therapist_to_client"].values, [0.05, 0.95])
+        c_t = np.quantile(post["client_to_therapist"].values, [0.05, 0.95])
+        hits += bool(t_c[0] > 0 and c_t[0] < 0 < c_t[1])
+    assert hits >= 14, hits
