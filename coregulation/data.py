@@ -191,6 +191,7 @@ def from_long(
     groups = {key: g for key, g in df.groupby([dyad, session], sort=False)}
     lengths = {}
     for (d, s), g in groups.items():
+        d, s = _plain(d), _plain(s)  # numpy scalars under pandas < 3: plain in messages
         for r, gr in g.groupby(role, sort=False):
             t = gr[time].to_numpy()
             steps = np.diff(t)
@@ -266,7 +267,8 @@ def read_csv(path, **kwargs) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    return from_long(pd.read_csv(path), **kwargs)
+    # round-trip float parsing: pandas < 3 otherwise parses some decimals 1 ulp off
+    return from_long(pd.read_csv(path, float_precision="round_trip"), **kwargs)
 
 
 def read_parquet(path, **kwargs) -> xr.Dataset:
