@@ -8,9 +8,13 @@ import pytest
 pytest.importorskip("neurokit2")
 
 from coregulation.physio import (  # noqa: E402
+    breath_phases,
     dyad_dataset,
     ecg_epochs,
     eda_epochs,
+    hf_hrv,
+    read_dyad_csv,
+    rsa_peak_to_trough,
     rsa_porges_bohrer,
     rsp_epochs,
 )
@@ -78,6 +82,123 @@ def test_rsa_is_the_log_variance_of_the_respiratory_band():
     # times, which move with A)
     np.testing.assert_allclose(large[inner] - small[inner], np.log(4.0), atol=0.1)
     assert np.all(slow[inner] < small[inner] - 3.0)
+
+
+def test_hf_hrv_is_the_band_power_of_the_ibi_series():
+    small = hf_hrv(_beats(20.0, 0.25))
+    large = hf_hrv(_beats(40.0, 0.25))
+    slow = hf_hrv(_beats(20.0, 0.03))  # below the HF band
+    # a sinusoid of amplitude A has power A^2 / 2; the cubic spline through the beats
+    # keeps it (linear interpolation would lose ~0.27 on the log scale here)
+    inner = slice(1, -1)
+    np.testing.assert_allclose(small[inner], np.log(20.0**2 / 2), atol=0.05)
+    np.testing.assert_allclose(large[inner] - small[inner], np.log(4.0), atol=0.05)
+    assert np.all(slow[inner] < small[inner] - 3.0)
+    with pytest.raises(ValueError, match="two cycles"):
+        hf_hrv(_beats(20.0, 0.25), epoch=10.0)
+
+
+def _cosine_beats(amplitude_ms, frequency=0.25, duration=300.0):
+    """IBI = 800 - A cos(2 pi f t): shortest mid-inspiration, longest mid-expiration of a
+    respiration sin(2 pi f t) (inspiration = rising phase)."""
+    beats = [0.0]
+    while beats[-1] < duration:
+        t = beats[-1]
+        beats.append(t + (800 - amplitude_ms * np.cos(2 * np.pi * frequency * t)) / 1000)
+    return np.asarray(beats)
+
+
+def test_peak_to_trough_rsa_follows_the_breath_cycle():
+    rate = 100.0
+    t = np.arange(0.0, 300.0, 1 / rate)
+    onsets, ends = breath_phases(np.sin(2 * np.pi * 0.25 * t), rate)
+    # the respiration's troughs (inspiration onsets) and peaks, every 4 s
+    np.testing.assert_allclose(np.diff(onsets), 4.0, atol=0.02)
+    np.testing.assert_allclose(ends[:5] - onsets[:5], 2.0, atol=0.02)
+    values = {}
+    for amplitude in (0.0, 20.0, 40.0):
+        per_breath, per_epoch = rsa_peak_to_trough(_cosine_beats(amplitude), onsets, ends)
+        assert per_breath.shape[0] >= 70 and np.isfinite(per_epoch[1:-1]).all()
+        values[amplitude] = per_breath[:, 1]
+    # no modulation: zero; A: the IBI swing 2A, less what sampling at ~1.25 beats/s
+    # misses of the extremes (at most 1 - cos(pi f * 0.84 s) of A on each side)
+    assert np.all(values[0.0] < 1e-9)
+    assert np.all((values[20.0] > 0.75 * 40.0) & (values[20.0] <= 40.0 + 1e-9))
+    np.testing.assert_allclose(values[40.0].mean() / values[20.0].mean(), 2.0, rtol=0.05)
+
+
+def test_csv_input_one_file_or_one_file_per_person(recording, tmp_path):
+    import pandas as pd
+
+    n = int(60 * RATE)
+    ecg_t, ecg_c = recording.ecg[:n], recording.ecg[n : 2 * n]
+    reference = dyad_dataset({"signal": ecg_t, "sampling_rate": RATE},
+                             {"signal": ecg_c[: n - 500], "sampling_rate": RATE, "start": 2.0},
+                             feature="heart_rate")
+    # one file, a column per person; the client's recording starts 2 s (500 samples)
+    # later: empty cells before it, and it is as long as in the reference
+    client_column = np.r_[np.full(500, np.nan), ecg_c[: n - 500]]
+    table = pd.DataFrame({"time": np.arange(n) / RATE, "ecg_therapist": ecg_t,
+                          "ecg_client": client_column})
+    table.to_csv(tmp_path / "session.csv", index=False)
+    one = read_dyad_csv(tmp_path / "session.csv", feature="heart_rate")
+    np.testing.assert_array_equal(one["y"].values, reference["y"].values)
+    np.testing.assert_array_equal(one["time"].values, reference["time"].values)
+    # one file per person, on the shared clock by their time columns
+    pd.DataFrame({"time": np.arange(n) / RATE, "ecg": ecg_t}).to_csv(tmp_path / "t.csv",
+                                                                      index=False)
+    pd.DataFrame({"time": 2.0 + np.arange(n - 500) / RATE, "ecg": ecg_c[: n - 500]}).to_csv(
+        tmp_path / "c.csv", index=False)
+    per_person = read_dyad_csv({"therapist": tmp_path / "t.csv", "client": tmp_path / "c.csv"})
+    np.testing.assert_array_equal(per_person["y"].values, reference["y"].values)
+    # no time column: sampling rate and starts as arguments
+    pd.DataFrame({"signal": ecg_c[: n - 500]}).to_csv(tmp_path / "c2.csv", index=False)
+    pd.DataFrame({"signal": ecg_t}).to_csv(tmp_path / "t2.csv", index=False)
+    untimed = read_dyad_csv({"therapist": tmp_path / "t2.csv", "client": tmp_path / "c2.csv"},
+                            columns={"therapist": "signal", "client": "signal"},
+                            sampling_rate=RATE, starts={"client": 2.0})
+    np.testing.assert_array_equal(untimed["y"].values, reference["y"].values)
+
+    # errors name the file, the column and the row
+    with pytest.raises(ValueError, match=r"t.csv: no column 'ecg_therapist'; the file has \['t"):
+        read_dyad_csv(tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="pass sampling_rate"):
+        read_dyad_csv({"therapist": tmp_path / "t2.csv", "client": tmp_path / "c2.csv"},
+                      columns={"therapist": "signal", "client": "signal"})
+    gap = table.copy()
+    gap.loc[1000:1010, "ecg_therapist"] = np.nan
+    gap.to_csv(tmp_path / "gap.csv", index=False)
+    with pytest.raises(ValueError, match="11 empty cells inside the recording"):
+        read_dyad_csv(tmp_path / "gap.csv")
+    jitter = table.copy()
+    jitter.loc[100, "time"] += 0.5 / RATE
+    jitter.to_csv(tmp_path / "jitter.csv", index=False)
+    with pytest.raises(ValueError, match="not regularly spaced"):
+        read_dyad_csv(tmp_path / "jitter.csv")
+    text = table.astype(object)
+    text.loc[7, "ecg_client"] = "n/a?"
+    text.to_csv(tmp_path / "text.csv", index=False)
+    with pytest.raises(ValueError, match="non-numeric value 'n/a\\?' in data row 8"):
+        read_dyad_csv(tmp_path / "text.csv")
+    with pytest.raises(ValueError, match="one file per role"):
+        read_dyad_csv({"therapist": tmp_path / "t.csv"})
+
+
+def test_peak_to_trough_rsa_through_the_dyad_front_end(recording):
+    n = int(150 * RATE)
+    person = {"signal": recording.ecg[:n], "sampling_rate": RATE, "rsp": recording.rsp[:n]}
+    ds = dyad_dataset(person, person, feature="rsa_p2t", epoch=5.0)
+    values = ds["y"].values[0, 0]
+    # one value per 30-s window, repeated over its 5-s epochs; both persons identical
+    # (the first epoch precedes the second beat; the last window is cut by the last beat)
+    assert values.shape == (30, 2) and np.isfinite(values[1:24]).all()
+    assert (values[np.isfinite(values)] >= 0).all()
+    np.testing.assert_array_equal(values[:, 0], values[:, 1])
+    direct = ecg_epochs(recording.ecg[:n], RATE, epoch=5.0, rsp=recording.rsp[:n])
+    np.testing.assert_array_equal(direct["rsa_p2t"].to_numpy(), values[:, 0])
+    with pytest.raises(ValueError, match="needs each person's respiration"):
+        dyad_dataset({"signal": recording.ecg[:n], "sampling_rate": RATE}, person,
+                     feature="rsa_p2t", epoch=5.0)
 
 
 def test_bad_epochs_become_nan_never_filled(recording):
