@@ -228,18 +228,16 @@ def _series_grid(batch: SeriesBatch, step_index, inputs) -> TimeGrid:
     )
 
 
-def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
-                               per_step: bool = False):
-    """A pure function ``params -> (num_series,)`` log-likelihoods, one per series.
+def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
+                                per_step: bool = False):
+    """One series' log-likelihood as a pure function of its parameters *and its data*.
 
-    With ``per_step=True`` it returns ``(num_series, num_timesteps)``: the terms
-    ``log p(y_t | y_<t)`` of each series (0 in the padding), whose sums are the
-    series' log-likelihoods.
-
-    ``params`` maps each free parameter of ``model`` to either its own shape (shared
-    by all series) or ``(num_series, *shape)`` (one value per series).  Series run
-    through one ``vmap``; the result is ``-inf`` for a series whose covariance
-    fails or, with a stationary initial state, whose dynamics are unstable.
+    Returns ``(log_likelihood, data)``: ``data`` is a tuple of per-series arrays
+    (leading axis ``num_series``: observations, observed mask, valid mask, step
+    index, inputs) and ``log_likelihood(params, *data_s)`` scores one series from
+    its slice ``data_s``.  The series share the batch's distinct steps and its
+    steady-state hint; anything else may differ, so one compiled function serves
+    every replicate of a simulation study (``vmap`` over the data too).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
@@ -250,12 +248,13 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
         method = "sequential" if batch.num_series >= _SEQUENTIAL_FROM else "fast"
     for i in range(batch.num_series):
         model.check_grid(batch.grid(i))
-    table = {p.name: p for p in model.parameter_table(batch.scales)}
-    y = jnp.asarray(np.where(batch.observed, np.nan_to_num(batch.y), 0.0))
-    observed = jnp.asarray(batch.observed)
-    valid = jnp.asarray(batch.valid)
-    step_index = jnp.asarray(batch.step_index)
-    inputs = jnp.asarray(batch.inputs)
+    data = (
+        jnp.asarray(np.where(batch.observed, np.nan_to_num(batch.y), 0.0)),
+        jnp.asarray(batch.observed),
+        jnp.asarray(batch.valid),
+        jnp.asarray(batch.step_index),
+        jnp.asarray(batch.inputs),
+    )
     steady = batch.steady_from
     stationary = model.initial == "stationary"
 
@@ -275,6 +274,25 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
             value = jnp.where(model.is_stable(params), value, -jnp.inf)
         return value
 
+    return one, data
+
+
+def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
+                               per_step: bool = False):
+    """A pure function ``params -> (num_series,)`` log-likelihoods, one per series.
+
+    With ``per_step=True`` it returns ``(num_series, num_timesteps)``: the terms
+    ``log p(y_t | y_<t)`` of each series (0 in the padding), whose sums are the
+    series' log-likelihoods.
+
+    ``params`` maps each free parameter of ``model`` to either its own shape (shared
+    by all series) or ``(num_series, *shape)`` (one value per series).  Series run
+    through one ``vmap``; the result is ``-inf`` for a series whose covariance
+    fails or, with a stationary initial state, whose dynamics are unstable.
+    """
+    one, data = build_series_log_likelihood(model, batch, method, per_step)
+    table = {p.name: p for p in model.parameter_table(batch.scales)}
+
     def batch_log_likelihood(params: Mapping[str, jax.Array]) -> jax.Array:
         missing = sorted(set(table) - set(params))
         if missing:
@@ -292,8 +310,6 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
                     f"({batch.num_series}, *{p.shape}) (per series); got {jnp.shape(params[name])}."
                 )
         free = {name: params[name] for name in table}
-        return jax.vmap(one, in_axes=(axes, 0, 0, 0, 0, 0))(
-            free, y, observed, valid, step_index, inputs
-        )
+        return jax.vmap(one, in_axes=(axes, 0, 0, 0, 0, 0))(free, *data)
 
     return batch_log_likelihood
