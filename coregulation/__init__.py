@@ -1,9 +1,24 @@
 """coregulation: Bayesian dynamical-systems models of physiological coregulation in dyads.
 
 Importing the package switches JAX to float64 (every likelihood here is float64).
+
+It also turns off XLA-CPU's multi-threaded Eigen pool (``XLA_FLAGS``
+``--xla_cpu_multi_thread_eigen=false``) unless the flag is already set or
+``COREG_XLA_MULTI_THREAD_EIGEN=1``: with jaxlib 0.10 on small machines that pool
+was seen to wedge for good while materialising wide ``vmap`` results (all threads
+idle, the caller blocked in ``BlockUntilReady``), which is what simulation studies
+and prior-draw checks run.  The models' small matrices gain nothing from it.  The
+flag only takes effect if the package is imported before JAX first computes.
 """
 
-import jax as _jax
+import os as _os
+
+if _os.environ.get("COREG_XLA_MULTI_THREAD_EIGEN") != "1":
+    _flags = _os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in _flags:
+        _os.environ["XLA_FLAGS"] = (_flags + " --xla_cpu_multi_thread_eigen=false").strip()
+
+import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
 

@@ -1,4 +1,4 @@
-"""The ``coreg`` command line: simulate, fit, demo."""
+"""The ``coreg`` command line: simulate, fit, demo; recover, sbc, report, power."""
 
 from __future__ import annotations
 
@@ -232,6 +232,165 @@ def demo(
         "`coreg fit` / `coregulation.fit`: 4 chains x 1000 + 1000.)"
     )
     written = _write_outputs(result, out)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+# ----------------------------------------------------------------------------------
+# simulation studies
+# ----------------------------------------------------------------------------------
+
+
+def _load_study(path: Path, kind: str):
+    from coregulation.simulate.study import Study
+
+    try:
+        study = Study.from_file(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from err
+    if study.kind != kind:
+        other = "sbc" if kind == "recovery" else "recover"
+        raise typer.BadParameter(
+            f"{path} declares kind = {study.kind!r}; `coreg {'recover' if kind == 'recovery' else 'sbc'}`"
+            f" runs kind = {kind!r} studies (use `coreg {other}`)."
+        )
+    return study
+
+
+def _run(study, out: Path, scheduler: str | None, processes: int, progress: bool):
+    from coregulation.simulate.recovery import run_study
+
+    try:
+        return run_study(study, out, scheduler=scheduler, processes=processes, progress=progress)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+_SCHEDULER = typer.Option(None, help="Dask scheduler address (tcp://host:8786); local if unset.")
+_PROCESSES = typer.Option(1, min=1, help="Local worker processes (without --scheduler).")
+_PROGRESS = typer.Option(True, help="Progress bar with an ETA.")
+
+
+@app.command()
+def recover(
+    study_file: Path = typer.Argument(..., metavar="STUDY", help="Study file (.toml or .yaml)."),
+    out: Path = typer.Option(..., help="Results folder (an interrupted run resumes here)."),
+    scheduler: str = _SCHEDULER, processes: int = _PROCESSES, progress: bool = _PROGRESS,
+):
+    """Run a parameter-recovery study; then writes the report (as `coreg report OUT`)."""
+    study = _load_study(study_file, "recovery")
+    _run(study, out, scheduler, processes, progress)
+    report(out)
+
+
+@app.command()
+def sbc(
+    study_file: Path = typer.Argument(..., metavar="STUDY", help="Study file with kind = 'sbc'."),
+    out: Path = typer.Option(..., help="Results folder (an interrupted run resumes here)."),
+    scheduler: str = _SCHEDULER, processes: int = _PROCESSES, progress: bool = _PROGRESS,
+):
+    """Run simulation-based calibration; then writes the report (as `coreg report OUT`)."""
+    study = _load_study(study_file, "sbc")
+    _run(study, out, scheduler, processes, progress)
+    report(out)
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., metavar="DIR", help="A study's results folder."),
+):
+    """Tables and figures of a study: coverage, bias, power (recovery) or rank uniformity (SBC)."""
+    from coregulation.plots import save_figure, study_metric_plot
+    from coregulation.simulate.recovery import load_study, recovery_metrics
+
+    try:
+        results = load_study(folder)
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err)) from err
+    metrics = recovery_metrics(results)
+    table = metrics.to_dataframe().reset_index()
+    written = [_atomic_write(folder / "metrics.csv", lambda tmp: table.to_csv(tmp, index=False))]
+    figures = folder / "figures"
+    couplings = [p for p in results["parameter"].values if "_to_" in str(p)
+                 or str(p) == "coupling_difference"]
+    for metric in ("coverage_95", "bias", "power", "false_positive_rate"):
+        if bool(metrics[metric].sel(parameter=couplings).notnull().any()):
+            written.append(save_figure(study_metric_plot(metrics, metric, couplings),
+                                       figures / f"{metric}.png"))
+    view = Table(title=f"{results.attrs['kind']} study, {results.attrs['method']} fits "
+                       f"({'complete' if results.attrs['complete'] else 'INCOMPLETE'})")
+    for col in ("cell", "parameter", "replicates", "bias", "rmse", "coverage 95%", "power", "FPR"):
+        view.add_column(col, justify="right")
+    for c in range(metrics.sizes["cell"]):
+        for p in couplings:
+            row = metrics.isel(cell=c).sel(parameter=p)
+
+            def fmt(v):
+                return "-" if not np.isfinite(float(v)) else f"{float(v):.3f}"
+
+            view.add_row(str(int(row["cell"])), str(p), str(int(row["num_replicates"])),
+                         fmt(row["bias"]), fmt(row["rmse"]), fmt(row["coverage_95"]),
+                         fmt(row["power"]), fmt(row["false_positive_rate"]))
+    console.print(view)
+    if "rank" in results:
+        from coregulation.simulate.sbc import chi_square_uniformity, ecdf_difference_plot
+
+        chi = chi_square_uniformity(results)
+        written.append(_atomic_write(folder / "sbc_uniformity.csv",
+                                     lambda tmp: chi.to_csv(tmp, index=False)))
+        written.append(save_figure(ecdf_difference_plot(results), figures / "sbc_ecdf.png"))
+        worst = chi.sort_values("p_value").iloc[0]
+        console.print(f"SBC: smallest chi-square p-value {worst['p_value']:.3g} "
+                      f"({worst['quantity']}) over {int(worst['num_replicates'])} replicates.")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _numbers(text: str, kind=float) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"expected comma-separated numbers; got {text!r}.") from err
+
+
+@app.command()
+def power(
+    out: Path = typer.Option(..., help="Results folder (resumable)."),
+    model: str = typer.Option("ctvar", help="ctvar, oscillator or var1."),
+    effect: float = typer.Option(0.3, help="Target coupling."),
+    pattern: str = typer.Option("therapist_led", help="therapist_led or client_led, ..."),
+    dyads: str = typer.Option("1", help="Numbers of dyads, comma-separated."),
+    durations: str = typer.Option("300,600,1200", help="Session lengths (s), comma-separated."),
+    interval: float = typer.Option(1.0, help="Sampling interval (s)."),
+    replicates: int = typer.Option(100, min=1), method: str = typer.Option("laplace"),
+    seed: int = typer.Option(0),
+    scheduler: str = _SCHEDULER, processes: int = _PROCESSES, progress: bool = _PROGRESS,
+):
+    """Power curve of a coupling over the number of dyads and the session length."""
+    from coregulation.plots import power_curve_plot, save_figure
+    from coregulation.simulate.power import power_curve
+
+    if model.lower() not in MODELS:
+        raise typer.BadParameter(f"--model must be one of {sorted(MODELS)}; got {model!r}.")
+    try:
+        table, metrics = power_curve(
+            model.lower(), effect=effect, pattern=pattern, num_dyads=_numbers(dyads, int),
+            durations=_numbers(durations), sampling_interval=interval, replicates=replicates,
+            method=method, seed=seed, out=out, scheduler=scheduler, processes=processes,
+            progress=progress)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    view = Table(title=f"Power to detect {table['coupling'].iloc[0]} = {effect} "
+                       f"({replicates} replicates per design, {method})")
+    for col in ("dyads", "duration (s)", "power", "± MC SE", "directional accuracy"):
+        view.add_column(col, justify="right")
+    for _, row in table.iterrows():
+        view.add_row(str(row.num_dyads), f"{row.duration:.0f}", f"{row.power:.2f}",
+                     f"{row.power_mc_se:.2f}", f"{row.directional_accuracy:.2f}")
+    console.print(view)
+    written = [_atomic_write(out / "power.csv", lambda tmp: table.to_csv(tmp, index=False))]
+    x, by = ("duration", "num_dyads") if len(set(table.num_dyads)) == 1 else ("num_dyads",
+                                                                            "duration")
+    written.append(save_figure(power_curve_plot(metrics, x=x, parameter=table["coupling"].iloc[0],
+                                                by=by), out / "power.png"))
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 

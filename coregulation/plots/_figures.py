@@ -151,18 +151,91 @@ def save_all(fit, folder) -> list[Path]:
         makers["cross_lag_curves"] = cross_lag_curves
     if "posterior_predictive" in fit.idata.groups():
         makers["predictive_ccf"] = predictive_ccf
-    written = []
-    for name, make in makers.items():
-        fig = make(fit)
-        path = folder / f"{name}.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".png", dir=folder)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=120)
-            os.replace(tmp, path)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        written.append(path)
-    return written
+    return [save_figure(make(fit), folder / f"{name}.png") for name, make in makers.items()]
+
+
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temporary file, then rename); close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+# ----------------------------------------------------------------------------------
+# simulation studies
+# ----------------------------------------------------------------------------------
+
+_STUDY_METRICS = {
+    "coverage_95": ("95% interval coverage", 0.95),
+    "bias": ("bias (posterior mean - truth)", 0.0),
+    "power": ("power (95% interval excludes 0)", None),
+    "false_positive_rate": ("false-positive rate", 0.05),
+}
+
+
+def _cell_labels(metrics) -> list[str]:
+    factors = [f for f in ("coupling", "coupling_size", "num_dyads", "num_sessions", "duration",
+                           "sampling_interval", "me_share", "missing_rate", "burst_rate",
+                           "scenario") if f in metrics.coords]
+    varying = [f for f in factors if len({str(v) for v in metrics[f].values}) > 1]
+    labels = []
+    for c in range(metrics.sizes["cell"]):
+        parts = [f"{f}={metrics[f].values[c]}" for f in varying]
+        labels.append(", ".join(parts) if parts else f"cell {int(metrics['cell'].values[c])}")
+    return labels
+
+
+def study_metric_plot(metrics, metric: str = "coverage_95", parameters=None):
+    """One metric per cell (rows) and parameter (points), with its target line."""
+    if metric not in metrics:
+        raise ValueError(f"metric must be one of {sorted(metrics.data_vars)}; got {metric!r}.")
+    title, target = _STUDY_METRICS.get(metric, (metric, None))
+    params = list(parameters) if parameters is not None else [
+        str(p) for p in metrics["parameter"].values]
+    labels = _cell_labels(metrics)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.6))
+    for k, name in enumerate(params):
+        values = metrics[metric].sel(parameter=name).values
+        ax.plot(values, np.arange(len(labels)) + (k - len(params) / 2) * 0.08, "o", ms=4,
+                label=name)
+    if target is not None:
+        ax.axvline(target, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel(title)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def power_curve_plot(metrics, x: str = "num_dyads", parameter: str = "therapist_to_client",
+                     by: str | None = "duration"):
+    """Power of ``parameter`` against the design factor ``x``, one line per ``by`` level."""
+    if x not in metrics.coords:
+        raise ValueError(f"x must be a design factor of the study; got {x!r}.")
+    power = metrics["power"].sel(parameter=parameter)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    groups = sorted({v for v in metrics[by].values}) if by in metrics.coords else [None]
+    for level in groups:
+        mask = np.ones(metrics.sizes["cell"], bool) if level is None else (
+            metrics[by].values == level)
+        xs = metrics[x].values[mask].astype(float)
+        order = np.argsort(xs)
+        ax.plot(xs[order], power.values[mask][order], "o-",
+                label=None if level is None else f"{by} = {level}")
+    ax.axhline(0.8, color="grey", lw=0.8, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(f"power: 95% interval of {parameter} excludes 0")
+    if groups != [None]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
