@@ -25,6 +25,7 @@ stationary likelihood (``-inf`` outside).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 
 import jax
@@ -65,7 +66,7 @@ class ReplicateFits:
 
 
 def build_replicate_density(model: Model, batch: SeriesBatch, scales: PriorScales,
-                            kalman: str = "auto"):
+                            kalman: str = "sequential"):
     """``(log_density(theta, *data_r), data, space)`` for the series of ``batch``.
 
     ``log_density`` is the log posterior density (up to a constant) of one series
@@ -83,8 +84,20 @@ def build_replicate_density(model: Model, batch: SeriesBatch, scales: PriorScale
     return log_density, data, space
 
 
-def _batched_value_and_grad(log_density, data):
-    def total(thetas):
+# Compiled programs by (model, scales, steps, Kalman method): every chunk of a study
+# cell, and every SBC batch of one design, reuses the first chunk's compilation.
+_COMPILED: dict = {}
+
+
+def _cache_key(model, batch, scales, kalman, what):
+    from coregulation.inference.results import model_spec
+
+    return (what, json.dumps(model_spec(model), sort_keys=True, default=str), scales,
+            tuple(np.round(batch.step_lengths, 12)), batch.steady_from, kalman)
+
+
+def _batched_value_and_grad(log_density):
+    def total(thetas, data):
         values = jax.vmap(log_density)(thetas, *data)
         return -jnp.sum(jnp.where(jnp.isfinite(values), values, -1e12)), values
 
@@ -92,9 +105,13 @@ def _batched_value_and_grad(log_density, data):
 
 
 def find_modes(log_density, data, start: np.ndarray, *, newton_steps: int = 8,
-               fd_step: float = 1e-5, maxiter: int = 2000):
+               fd_step: float = 1e-5, maxiter: int = 2000, compiled=None):
     """Modes (replicate, k), block Hessians of the potential (replicate, k, k), converged."""
-    value_and_grad = _batched_value_and_grad(log_density, data)
+    batched = compiled or _batched_value_and_grad(log_density)
+
+    def value_and_grad(thetas):
+        return batched(thetas, data)
+
     num, k = start.shape
 
     def fun(x):
@@ -169,7 +186,7 @@ def fit_replicates(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     start: np.ndarray | None = None,
-    kalman: str = "auto",
+    kalman: str = "sequential",
 ) -> ReplicateFits:
     """Fit every series of ``batch`` on its own, all in one compiled program.
 
@@ -193,7 +210,12 @@ def fit_replicates(
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    log_density, data, space = build_replicate_density(model, batch, scales, kalman)
+    key = _cache_key(model, batch, scales, kalman, "density")
+    if key not in _COMPILED:
+        log_density, _, space = build_replicate_density(model, batch, scales, kalman)
+        _COMPILED[key] = (log_density, space, _batched_value_and_grad(log_density), {})
+    log_density, space, batched, nuts_cache = _COMPILED[key]
+    data = _data_of(batch)
     num = batch.num_series
     if start is None:
         centre = np.asarray(space.unconstrain(space.prior_median()))
@@ -201,7 +223,7 @@ def fit_replicates(
     start = np.asarray(start, dtype=float)
     if start.shape != (num, space.size):
         raise ValueError(f"start must have shape ({num}, {space.size}); got {start.shape}.")
-    mode, hess, converged = find_modes(log_density, data, start)
+    mode, hess, converged = find_modes(log_density, data, start, compiled=batched)
     rng = np.random.default_rng(seed)
     stats: dict = {}
     if method == "map":
@@ -218,7 +240,8 @@ def fit_replicates(
     else:
         unconstrained, stats = _nuts(log_density, data, mode, hess, rng, num_samples=num_samples,
                                      num_warmup=num_warmup, num_chains=num_chains,
-                                     target_accept=target_accept, max_tree_depth=max_tree_depth)
+                                     target_accept=target_accept, max_tree_depth=max_tree_depth,
+                                     cache=nuts_cache)
     flat = unconstrained.reshape(-1, space.size)
     constrained = jax.jit(jax.vmap(space.constrain))(jnp.asarray(flat))
     draws = {name: np.asarray(v).reshape(unconstrained.shape[:3] + np.shape(v)[1:])
@@ -227,7 +250,7 @@ def fit_replicates(
 
 
 def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_chains,
-          target_accept, max_tree_depth):
+          target_accept, max_tree_depth, cache=None):
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
     from numpyro.infer.hmc import hmc
 
@@ -243,6 +266,8 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
     total = num_warmup + num_samples
+    cache = {} if cache is None else cache
+    settings = (num_warmup, num_samples, float(target_accept), int(max_tree_depth))
 
     def run_chain(key, theta0, inv_mass, *data_r):
         state = init_kernel(theta0, num_warmup, inverse_mass_matrix=inv_mass,
@@ -262,7 +287,9 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
     theta0 = theta0 + 0.05 * rng.standard_normal(theta0.shape) * np.sqrt(
         np.repeat(inverse_mass, num_chains, axis=0))
     repeated = tuple(jnp.repeat(d, num_chains, axis=0) for d in data)
-    z, diverging, steps = jax.jit(jax.vmap(run_chain))(
+    if settings not in cache:
+        cache[settings] = jax.jit(jax.vmap(run_chain))
+    z, diverging, steps = cache[settings](
         keys, jnp.asarray(theta0), jnp.asarray(np.repeat(inverse_mass, num_chains, axis=0)),
         *repeated)
     z = np.asarray(z).reshape(num, num_chains, num_samples, k)
@@ -281,6 +308,17 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
         "max_tree_depth_hits": (steps >= 2**max_tree_depth - 1).sum(axis=(1, 2)),
     }
     return z, stats
+
+
+def _data_of(batch: SeriesBatch) -> tuple:
+    """The per-series arrays the series log-likelihood reads (as in the batch module)."""
+    return (
+        jnp.asarray(np.where(batch.observed, np.nan_to_num(batch.y), 0.0)),
+        jnp.asarray(batch.observed),
+        jnp.asarray(batch.valid),
+        jnp.asarray(batch.step_index),
+        jnp.asarray(batch.inputs),
+    )
 
 
 def batch_from_arrays(times: np.ndarray, ys: Sequence[np.ndarray]) -> SeriesBatch:

@@ -52,7 +52,7 @@ def power_table(metrics, study: Study) -> pd.DataFrame:
         cell = metrics.isel(cell=c)
         target = forward if cell["coupling"].item() != "client_led" else backward
         power = float(cell["power"].sel(parameter=target))
-        n = int(cell["num_replicates"].sel(parameter=target))
+        n = int(cell["num_replicates"])
         rows.append({
             "num_dyads": int(cell["num_dyads"]), "duration": float(cell["duration"]),
             "coupling": target, "effect": float(cell["coupling_size"]),

@@ -1,0 +1,333 @@
+"""Simulation studies: batched replicate fits, study files, the resumable store, metrics,
+SBC statistics, null calibration, power, Dask, CLI (fast smoke tier; the statistical
+tier is tests/test_slow_studies.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+import xarray as xr
+
+import coregulation as cr
+from coregulation.inference.batch import SeriesBatch
+from coregulation.inference.replicates import build_replicate_density, fit_replicates
+from coregulation.models import PriorScales
+from coregulation.simulate.recovery import (
+    DIFFERENCE,
+    load_study,
+    recovery_metrics,
+    run_chunk,
+    run_study,
+)
+from coregulation.simulate.sbc import chi_square_uniformity, ecdf_bands, within_bands
+from coregulation.simulate.study import Study
+
+TINY = """
+[study]
+name = "tiny"
+model = "ctvar"
+method = "{method}"
+replicates = {replicates}
+seed = 5
+chunk = {chunk}
+
+[truth]
+tau = [6.0, 12.0]
+
+[grid]
+coupling = ["none", "therapist_led"]
+duration = [{duration}]
+
+[fit]
+num_samples = 100
+"""
+
+
+def _tiny(tmp_path, method="map", replicates=4, chunk=2, duration=120, name="study.toml"):
+    path = tmp_path / name
+    path.write_text(TINY.format(method=method, replicates=replicates, chunk=chunk,
+                                duration=duration))
+    return path
+
+
+def _replicates(model, num, duration=200, seed=0):
+    times = np.arange(1.0, duration + 1.0)
+    scales = PriorScales(1.0, float(duration), 1.0)
+    space = cr.ParameterSpace(model, scales)
+    draws = space.sample_prior(jax.random.key(seed), num)
+    ys = [cr.simulate_series(model, {k: np.asarray(v[r]) for k, v in draws.items()}, times,
+                             jax.random.key(100 + r)).y for r in range(num)]
+    ys[0][10:15] = np.nan  # missing values differ between replicates
+    return times, ys, scales, draws
+
+
+def test_batched_modes_and_hessians_equal_independent_fits_of_each_replicate():
+    model = cr.CTVAR()
+    times, ys, scales, _ = _replicates(model, 4)
+    batch = SeriesBatch.from_series([(times, y, None, None) for y in ys])
+    fits = fit_replicates(model, batch, scales, method="laplace", num_samples=4000, seed=1)
+    assert fits.converged.all()
+    log_density, data, space = build_replicate_density(model, batch, scales)
+
+    def potential(theta, own):
+        return -log_density(theta, *own)
+
+    value_and_grad = jax.jit(jax.value_and_grad(potential))
+    exact_hessian = jax.jit(jax.hessian(potential))
+    for r in range(4):
+        own = tuple(d[r] for d in data)
+        result = scipy.optimize.minimize(
+            lambda x: tuple(np.asarray(a, float) for a in value_and_grad(jnp.asarray(x), own)),
+            fits.mode[r] + 0.2, jac=True, method="BFGS", options={"gtol": 1e-9})
+        np.testing.assert_allclose(fits.mode[r], result.x, atol=1e-5)
+        # Laplace draws: covariance = inverse of the exact (autodiff) Hessian
+        hessian = np.asarray(exact_hessian(jnp.asarray(fits.mode[r]), own))
+        draws = fits.unconstrained[r, 0]
+        np.testing.assert_allclose(draws.mean(axis=0), fits.mode[r],
+                                   atol=4 * np.sqrt(np.diag(np.linalg.inv(hessian)) / 4000).max())
+        sd = np.sqrt(np.diag(np.linalg.inv(hessian)))
+        np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.06)
+
+
+def test_batched_nuts_agrees_with_numpyro_on_the_same_posterior():
+    from numpyro.infer import MCMC, NUTS
+
+    model = cr.CTVAR()
+    times, ys, scales, _ = _replicates(model, 2, duration=150, seed=3)
+    batch = SeriesBatch.from_series([(times, y, None, None) for y in ys])
+    fits = fit_replicates(model, batch, scales, method="nuts", num_chains=2, num_warmup=200,
+                          num_samples=300, seed=2)
+    log_density, data, space = build_replicate_density(model, batch, scales)
+    for r in range(2):
+        own = [d[r] for d in data]
+        mcmc = MCMC(NUTS(potential_fn=lambda th, own=own: -log_density(th, *own)), num_warmup=200,
+                    num_samples=300, num_chains=2, chain_method="vectorized",
+                    progress_bar=False)
+        mcmc.run(jax.random.key(9 + r), init_params=jnp.tile(jnp.asarray(fits.mode[r]), (2, 1)))
+        reference = np.asarray(mcmc.get_samples())
+        ours = fits.unconstrained[r].reshape(-1, space.size)
+        # Monte Carlo error of both means (ESS ~ a quarter of the draws, conservatively)
+        se = np.sqrt(ours.var(axis=0) / (ours.shape[0] / 4) + reference.var(axis=0)
+                     / (reference.shape[0] / 4))
+        assert np.all(np.abs(ours.mean(axis=0) - reference.mean(axis=0)) < 4 * se)
+        np.testing.assert_allclose(ours.std(axis=0), reference.std(axis=0), rtol=0.3)
+    assert fits.stats["divergences"].shape == (2,) and np.all(fits.stats["max_rhat"] < 1.1)
+
+
+def test_study_files_are_validated_with_specific_errors(tmp_path):
+    study = Study.from_file(_tiny(tmp_path))
+    assert len(study.cells()) == 2 and study.chunks()[:2] == [(0, 0, 2), (0, 2, 4)]
+    yaml_path = tmp_path / "s.yaml"
+    yaml_path.write_text("study:\n  model: oscillator\n  replicates: 3\ngrid:\n"
+                         "  coupling: [client_led]\n")
+    assert Study.from_file(yaml_path).model == "oscillator"
+    cases = [
+        ({"grid": {"coupling": ["sideways"]}}, r"\[grid\] coupling: levels must be among"),
+        ({"grid": {"dyads": [1]}}, r"unknown factor\(s\) \['dyads'\]"),
+        ({"study": {"replicates": 0}}, r"\[study\] replicates: must be a positive integer"),
+        ({"study": {"model": "lstm"}}, r"\[study\] model: must be one of"),
+        ({"truth": {"tau_x": 1.0}}, r"\[truth\]: unknown parameter\(s\) \['tau_x'\]"),
+        ({"fit": {"num_warmup": 1.5}}, r"\[fit\] num_warmup: must be an integer"),
+        ({"study": {"kind": "sbc"}, "truth": {"tau": [5.0, 5.0]}}, r"draws every truth"),
+        ({"grid": {"duration": [-5]}}, r"\[grid\] duration: levels must be positive"),
+        ({"surprise": {}}, r"unknown section\(s\) \['surprise'\]"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Study.from_dict(spec)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\nname=")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        Study.from_file(bad)
+
+
+def test_recovery_store_summaries_and_metrics_are_right(tmp_path):
+    study = Study.from_file(_tiny(tmp_path, method="laplace", replicates=4, chunk=4))
+    results = run_study(study, tmp_path / "out", progress=False)
+    assert results.sizes["cell"] == 2 and results.sizes["replicate"] == 4
+    # a chunk re-run from scratch gives the same numbers (keys from seed, cell, replicate)
+    again = run_chunk(study.to_dict(), 1, 0, 4)
+    np.testing.assert_array_equal(again["mean"].values, results["mean"].isel(cell=1).values)
+    truth = results["truth"].sel(parameter="therapist_to_client").values
+    np.testing.assert_array_equal(truth, [[0.0] * 4, [0.5] * 4])
+    np.testing.assert_array_equal(results["truth"].sel(parameter="tau[therapist]").values, 6.0)
+    # the metrics, by hand from the stored summaries
+    metrics = recovery_metrics(results)
+    for cell in range(2):
+        for name in ("therapist_to_client", DIFFERENCE, "tau[client]"):
+            one = results.isel(cell=cell).sel(parameter=name)
+            mean, true = one["mean"].values, one["truth"].values
+            q = one["quantiles"]
+            lo, hi = q.sel(quantile=0.025).values, q.sel(quantile=0.975).values
+            m = metrics.isel(cell=cell).sel(parameter=name)
+            assert float(m["bias"]) == pytest.approx(np.mean(mean - true))
+            assert float(m["rmse"]) == pytest.approx(np.sqrt(np.mean((mean - true) ** 2)))
+            assert float(m["coverage_95"]) == pytest.approx(np.mean((lo <= true) & (true <= hi)))
+            excludes = (lo > 0) | (hi < 0)
+            if true[0] == 0:
+                assert float(m["false_positive_rate"]) == pytest.approx(excludes.mean())
+                assert np.isnan(float(m["power"]))
+            else:
+                assert float(m["power"]) == pytest.approx(excludes.mean())
+    p = results["p_first_led"].isel(cell=1).values
+    assert float(metrics["directional_accuracy"].isel(cell=1)) == pytest.approx(np.mean(p > 0.975))
+    # another study in the same folder is refused, not mixed in
+    other = Study.from_dict({**study.to_dict(), "study": {**study.to_dict()["study"], "seed": 6}})
+    with pytest.raises(ValueError, match="holds results of a different study"):
+        run_study(other, tmp_path / "out", progress=False)
+
+
+def test_a_killed_study_resumes_without_recomputing_or_losing_chunks(tmp_path):
+    path = _tiny(tmp_path, method="map", replicates=6, chunk=2, duration=100)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "coregulation.cli", "recover", str(path),
+                             "--out", str(out), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "cells" / "cell-0000" / "rep-00000-00002.nc"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the first chunk was never written"
+    stored = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("rep-*.nc")}
+    assert 1 <= len(stored) < 6
+    assert not list(out.rglob("*.partial")) or all(
+        p.name.startswith(".") for p in out.rglob("*.partial"))  # never looks finished
+    study = Study.from_file(path)
+    resumed = run_study(study, out, progress=False)
+    for p, (mtime, content) in stored.items():  # finished chunks untouched
+        assert p.stat().st_mtime_ns == mtime and p.read_bytes() == content
+    clean = run_study(study, tmp_path / "clean", progress=False)
+    for name in ("mean", "quantiles", "truth", "p_first_led"):
+        np.testing.assert_array_equal(resumed[name].values, clean[name].values)
+
+
+def test_dask_local_cluster_runs_the_same_study(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    study = Study.from_file(_tiny(tmp_path, method="map", replicates=2, chunk=1, duration=100))
+    local = run_study(study, tmp_path / "local", progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = run_study(study, tmp_path / "dask", scheduler=client, progress=False)
+    # same numbers up to the last bits (another process compiles its own program)
+    np.testing.assert_allclose(remote["mean"].values, local["mean"].values, rtol=1e-10)
+    with pytest.raises(TypeError, match="scheduler must be a distributed.Client"):
+        run_study(study, tmp_path / "x", scheduler=42, progress=False)
+
+
+def test_chi_square_and_simultaneous_ecdf_bands():
+    rng = np.random.default_rng(0)
+    num_draws = 99
+
+    def results(ranks):
+        return xr.Dataset({"rank": (("replicate", "rank_quantity"), ranks)},
+                          coords={"rank_quantity": [f"q{k}" for k in range(ranks.shape[1])]},
+                          attrs={"rank_draws": num_draws})
+
+    uniform = rng.integers(0, num_draws + 1, size=(300, 2))
+    skewed = np.minimum(rng.integers(0, num_draws + 1, size=(300, 1)),
+                        rng.integers(0, num_draws + 1, size=(300, 1)))
+    table = chi_square_uniformity(results(np.hstack([uniform, skewed])), bins=20)
+    # 100 rank values into 20 bins of 5: Pearson's statistic, as scipy computes it
+    counts = np.histogram(uniform[:, 0], bins=np.arange(0, 101, 5) - 0.5)[0]
+    stat, p = scipy.stats.chisquare(counts)
+    assert table.loc[0, "chi_square"] == pytest.approx(stat)
+    assert table.loc[0, "p_value"] == pytest.approx(p)
+    assert table.loc[2, "p_value"] < 1e-6  # min of two uniforms is far from uniform
+    # simultaneous bands hold ~95% of uniform samples (independent draws, MC SE ~0.01)
+    z, lower, upper = ecdf_bands(200, num_draws, prob=0.95, seed=1)
+    inside = 0
+    for _ in range(400):
+        r = rng.integers(0, num_draws + 1, size=200)
+        ecdf = (r[:, None] < (z * (num_draws + 1))[None]).mean(axis=0)
+        inside += np.all((ecdf >= lower) & (ecdf <= upper))
+    assert 0.91 <= inside / 400 <= 0.99
+    flags = within_bands(results(np.hstack([uniform, skewed])))
+    assert not flags["q2"]
+
+
+def test_sbc_study_stores_ranks_of_parameters_difference_and_log_likelihood(tmp_path):
+    study = Study.from_dict({"study": {"kind": "sbc", "model": "ctvar", "method": "laplace",
+                                       "replicates": 3, "chunk": 3, "seed": 2},
+                             "grid": {"duration": [100]}, "fit": {"num_samples": 50}})
+    results = run_study(study, tmp_path / "sbc", progress=False)
+    ranks = results["rank"].isel(cell=0)
+    assert list(ranks["rank_quantity"].values[-2:]) == [DIFFERENCE, "log_likelihood"]
+    assert ranks.values.min() >= 0 and ranks.values.max() <= 50
+    # the truth was drawn from the prior per replicate: it differs between replicates
+    assert np.unique(results["truth"].sel(parameter="tau[client]").values).size == 3
+    # a rank is the number of the 50 draws below the truth: recompute one
+    assert chi_square_uniformity(results, bins=10).shape[0] == ranks.sizes["rank_quantity"]
+
+
+def test_null_calibration_surrogates_and_pseudo_dyads():
+    from coregulation.simulate.null import pseudo_dyad_null, surrogate_test
+
+    model = cr.CTVAR()
+    truth = dict(tau=np.array([5.0, 8.0]), therapist_to_client=0.9, client_to_therapist=0.0,
+                 mu=np.zeros(2), latent_sd=np.ones(2), shock_corr=0.0, me_sd=np.full(2, 0.2))
+    ds, _ = cr.simulate_dyads(model, truth, jax.random.key(4), num_dyads=3, duration=400)
+    test = surrogate_test(model, ds.isel(dyad=[0]), num_surrogates=19, method="map", seed=1)
+    row = test.table.set_index("coupling").loc["therapist_to_client"]
+    assert row["p_value"] == pytest.approx(0.05)  # stronger than every surrogate: 1 / 20
+    assert test.null_draws["therapist_to_client"].shape == (1, 19)
+    assert abs(row["null_mean"]) < 0.3 * row["observed"]
+    table = pseudo_dyad_null(model, ds, method="map", seed=0)
+    assert set(table["kind"]) == {"real", "pseudo"} and len(table) == 2 * 3 * 2
+    real = table[(table["kind"] == "real") & (table["coupling"] == "therapist_to_client")]
+    pseudo = table[(table["kind"] == "pseudo") & (table["coupling"] == "therapist_to_client")]
+    assert real["mean"].mean() > 3 * abs(pseudo["mean"].mean())
+
+
+def _flat(text: str) -> str:
+    """CLI output without rich's box drawing and line wrapping."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_power_cli_and_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from coregulation.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["power", "--out", str(tmp_path / "p"), "--effect", "0.6",
+                                 "--durations", "80,200", "--replicates", "3", "--method", "map",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = __import__("pandas").read_csv(tmp_path / "p" / "power.csv")
+    assert list(table["duration"]) == [80.0, 200.0] and table["power"].between(0, 1).all()
+    assert (tmp_path / "p" / "power.png").exists()
+    sbc_file = _tiny(tmp_path)
+    result = runner.invoke(app, ["sbc", str(sbc_file), "--out", str(tmp_path / "s")])
+    assert result.exit_code != 0 and "declares kind = 'recovery'" in _flat(result.output)
+    result = runner.invoke(app, ["report", str(tmp_path / "p")])
+    assert result.exit_code == 0 and (tmp_path / "p" / "metrics.csv").exists()
+    spec = json.loads((tmp_path / "p" / "study.json").read_text())
+    assert spec["study"]["replicates"] == 3
+    result = runner.invoke(app, ["report", str(tmp_path / "nothing")])
+    assert result.exit_code != 0 and "holds no study" in _flat(result.output)
+
+
+def test_shared_drive_cells_have_zero_coupling_truth_only(tmp_path):
+    study = Study.from_dict({"study": {"model": "ctvar", "method": "map", "replicates": 2,
+                                       "chunk": 2},
+                             "grid": {"scenario": ["shared_drive"], "duration": [150]}})
+    results = run_study(study, Path(tmp_path) / "sd", progress=False)
+    truth = results["truth"].isel(cell=0, replicate=0).to_series()
+    assert truth[["therapist_to_client", "client_to_therapist", DIFFERENCE]].eq(0).all()
+    assert truth.drop(["therapist_to_client", "client_to_therapist", DIFFERENCE]).isna().all()
