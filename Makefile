@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench notebooks lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,16 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/kalman_speed.py
 	$(PY) benchmarks/make_results_table.py $$(ls -t benchmarks/results/kalman_speed-*.json | head -1)
+	$(PY) -m pip install --quiet "simuk>=0.2"
+	$(PY) benchmarks/study_throughput.py
+
+# every notebook, full size (minutes to half an hour each on 2 cores); figures in notebook_output/
+notebooks: $(STAMP)
+	for nb in notebooks/[0-9][0-9]_*.py; do \
+		COREG_OUT=notebook_output/$$(basename $$nb .py) $(PY) $$nb || exit 1; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check coregulation tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output notebook_output real_data_output
