@@ -27,18 +27,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from kalman_speed import environment, write_results  # noqa: E402
+
 import coregulation as cr  # noqa: E402
 from coregulation.models import PriorScales, TimeGrid  # noqa: E402
 from coregulation.simulate.recovery import run_study  # noqa: E402
 from coregulation.simulate.study import Study  # noqa: E402
-from kalman_speed import environment, write_results  # noqa: E402
 
 DURATION = 600.0
 

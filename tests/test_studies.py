@@ -26,7 +26,6 @@ from coregulation.inference.replicates import build_replicate_density, fit_repli
 from coregulation.models import PriorScales
 from coregulation.simulate.recovery import (
     DIFFERENCE,
-    load_study,
     recovery_metrics,
     run_chunk,
     run_study,
