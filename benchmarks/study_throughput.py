@@ -84,6 +84,7 @@ def simuk_loop(args) -> dict | None:
     import numpyro.distributions as dist
     from numpyro.distributions import constraints
     from numpyro.infer import NUTS
+    from numpyro.infer.initialization import init_to_median
 
     from coregulation.inference.kalman import log_likelihood
     from coregulation.simulate import sample_lgssm
@@ -121,7 +122,10 @@ def simuk_loop(args) -> dict | None:
         params = {p.name: numpyro.sample(p.name, p.prior) for p in table}
         numpyro.sample("y", _KalmanSeries(params), obs=y)
 
-    sbc = simuk.SBC(NUTS(numpyro_model), num_simulations=args.replicates,
+    # NumPyro's default uniform start finds no finite density for these models: start at
+    # the prior median, as a user would
+    sbc = simuk.SBC(NUTS(numpyro_model, init_strategy=init_to_median),
+                    num_simulations=args.replicates, data_dir={"y": np.zeros((times.size, 2))},
                     sample_kwargs={"num_warmup": args.warmup, "num_samples": args.samples,
                                    "num_chains": args.chains, "chain_method": "vectorized",
                                    "progress_bar": False},

@@ -219,11 +219,13 @@ def test_dask_local_cluster_runs_the_same_study(tmp_path):
     distributed = pytest.importorskip("distributed")
     study = Study.from_file(_tiny(tmp_path, method="map", replicates=2, chunk=1, duration=100))
     local = run_study(study, tmp_path / "local", progress=False)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+    # an in-process worker: the same scheduler, task and store path, without the
+    # ~20 s of a worker process importing JAX (the benchmark uses worker processes)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         remote = run_study(study, tmp_path / "dask", scheduler=client, progress=False)
-    # same numbers up to the last bits (another process compiles its own program)
+    # same numbers up to the last bits (a worker may compile its own program)
     np.testing.assert_allclose(remote["mean"].values, local["mean"].values, rtol=1e-10)
     with pytest.raises(TypeError, match="scheduler must be a distributed.Client"):
         run_study(study, tmp_path / "x", scheduler=42, progress=False)

@@ -270,6 +270,15 @@ def _summarise(space, model, replicates, flat_draws, truth, health) -> xr.Datase
     difference = flat_draws[..., i] - flat_draws[..., j]
     values = np.concatenate([flat_draws, difference[..., None]], axis=-1)
     true = np.concatenate([truth, (truth[:, i] - truth[:, j])[:, None]], axis=-1)
+    # a failed fit (e.g. a degenerate Laplace covariance) can leave non-finite draws:
+    # its summaries stay non-finite (it covers nothing) and it is marked not converged
+    finite = np.isfinite(values).all(axis=(1, 2))
+    health = {**health, "converged": np.asarray(health["converged"], bool) & finite}
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _summary_dataset(replicates, names, values, true, difference, health)
+
+
+def _summary_dataset(replicates, names, values, true, difference, health) -> xr.Dataset:
     ds = xr.Dataset(
         {
             "truth": (("replicate", "parameter"), true),
@@ -476,8 +485,13 @@ def load_study(out) -> xr.Dataset:
     for factor in cells[0]:
         values = [cells[c][factor] for c in done]
         values = ["none" if v is None else v for v in values]
-        ds = ds.assign_coords({factor: ("cell", np.asarray(values, dtype=object if any(
-            isinstance(v, str) for v in values) else float))})
+        if any(isinstance(v, str) for v in values):
+            dtype = object
+        elif all(isinstance(v, (int, np.integer)) for v in values):
+            dtype = int
+        else:
+            dtype = float
+        ds = ds.assign_coords({factor: ("cell", np.asarray(values, dtype=dtype))})
     ds.attrs.update({"study": json.dumps(study.to_dict()), "kind": study.kind,
                      "method": study.method, "model": study.model,
                      "complete": int(not pending_chunks(study, out))})
