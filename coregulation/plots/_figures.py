@@ -203,10 +203,14 @@ def study_metric_plot(metrics, metric: str = "coverage_95", parameters=None):
         str(p) for p in metrics["parameter"].values]
     labels = _cell_labels(metrics)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.6))
+    share = metric.startswith("coverage") or metric in ("power", "false_positive_rate")
     for k, name in enumerate(params):
         values = metrics[metric].sel(parameter=name).values
-        ax.plot(values, np.arange(len(labels)) + (k - len(params) / 2) * 0.08, "o", ms=4,
-                label=name)
+        rows = np.arange(len(labels)) + (k - len(params) / 2) * 0.08
+        # a share over R replicates: +-1.96 binomial Monte Carlo standard errors
+        err = (1.96 * np.sqrt(values * (1 - values) / metrics["num_replicates"].values)
+               if share and "num_replicates" in metrics else None)
+        ax.errorbar(values, rows, xerr=err, fmt="o", ms=4, capsize=2, label=name)
     if target is not None:
         ax.axvline(target, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
