@@ -231,6 +231,13 @@ def test_dask_local_cluster_runs_the_same_study(tmp_path):
         run_study(study, tmp_path / "x", scheduler=42, progress=False)
 
 
+def test_a_local_process_pool_runs_the_same_study(tmp_path):
+    study = Study.from_file(_tiny(tmp_path, method="map", replicates=2, chunk=1, duration=100))
+    pooled = run_study(study, tmp_path / "pool", processes=2, progress=False)
+    local = run_study(study, tmp_path / "local", progress=False)
+    np.testing.assert_allclose(pooled["mean"].values, local["mean"].values, rtol=1e-10)
+
+
 def test_chi_square_and_simultaneous_ecdf_bands():
     rng = np.random.default_rng(0)
     num_draws = 99
