@@ -106,23 +106,29 @@ def test_batched_nuts_agrees_with_numpyro_on_the_same_posterior():
     model = cr.CTVAR()
     times, ys, scales, _ = _replicates(model, 2, duration=150, seed=3)
     batch = SeriesBatch.from_series([(times, y, None, None) for y in ys])
-    fits = fit_replicates(model, batch, scales, method="nuts", num_chains=2, num_warmup=200,
-                          num_samples=300, seed=2)
+    fits = {mode: fit_replicates(model, batch, scales, method="nuts", num_chains=2,
+                                 num_warmup=200, num_samples=300, seed=2, nuts_batch=mode)
+            for mode in ("chains", "replicates")}
     log_density, data, space = build_replicate_density(model, batch, scales)
     for r in range(2):
         own = [d[r] for d in data]
         mcmc = MCMC(NUTS(potential_fn=lambda th, own=own: -log_density(th, *own)), num_warmup=200,
                     num_samples=300, num_chains=2, chain_method="vectorized",
                     progress_bar=False)
-        mcmc.run(jax.random.key(9 + r), init_params=jnp.tile(jnp.asarray(fits.mode[r]), (2, 1)))
+        start = jnp.tile(jnp.asarray(fits["chains"].mode[r]), (2, 1))
+        mcmc.run(jax.random.key(9 + r), init_params=start)
         reference = np.asarray(mcmc.get_samples())
-        ours = fits.unconstrained[r].reshape(-1, space.size)
-        # Monte Carlo error of both means (ESS ~ a quarter of the draws, conservatively)
-        se = np.sqrt(ours.var(axis=0) / (ours.shape[0] / 4) + reference.var(axis=0)
-                     / (reference.shape[0] / 4))
-        assert np.all(np.abs(ours.mean(axis=0) - reference.mean(axis=0)) < 4 * se)
-        np.testing.assert_allclose(ours.std(axis=0), reference.std(axis=0), rtol=0.3)
-    assert fits.stats["divergences"].shape == (2,) and np.all(fits.stats["max_rhat"] < 1.1)
+        for mode, fit in fits.items():
+            ours = fit.unconstrained[r].reshape(-1, space.size)
+            # Monte Carlo error of both means (ESS ~ a quarter of the draws, conservatively)
+            se = np.sqrt(ours.var(axis=0) / (ours.shape[0] / 4) + reference.var(axis=0)
+                         / (reference.shape[0] / 4))
+            assert np.all(np.abs(ours.mean(axis=0) - reference.mean(axis=0)) < 4 * se), mode
+            np.testing.assert_allclose(ours.std(axis=0), reference.std(axis=0), rtol=0.3)
+    for fit in fits.values():
+        assert fit.stats["divergences"].shape == (2,) and np.all(fit.stats["max_rhat"] < 1.1)
+    with pytest.raises(ValueError, match="nuts_batch must be"):
+        fit_replicates(model, batch, scales, method="nuts", nuts_batch="all")
 
 
 def test_study_files_are_validated_with_specific_errors(tmp_path):

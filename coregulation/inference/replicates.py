@@ -11,10 +11,13 @@ puts all replicates through one ``vmap``:
   gradient (one batched gradient call per coordinate, every replicate at once).
 * ``"laplace"``: normal draws around each mode with the inverse block Hessian
   (unconstrained scale).
-* ``"nuts"``: NumPyro's NUTS kernel (``numpyro.infer.hmc.hmc``) run by
-  ``vmap`` over replicates x chains, each with its own step-size and mass-matrix
-  adaptation, started at its replicate's mode with the Laplace diagonal as the
-  initial inverse mass matrix.
+* ``"nuts"``: NumPyro's NUTS kernel (``numpyro.infer.hmc.hmc``), each chain with
+  its own step-size and mass-matrix adaptation, started at its replicate's mode with
+  the Laplace diagonal as the initial inverse mass matrix; one compiled program
+  serves every replicate (the data are arguments).  On CPU the chains of one
+  replicate run in lock-step and replicates follow one another (``nuts_batch=
+  "chains"``); on accelerators every chain of every replicate shares one ``vmap``
+  (``"replicates"``), where an iteration costs the batch's longest trajectory.
 
 Priors are the model's parameter table under fixed :class:`PriorScales` (no
 standardisation: the data are fitted on the scale they were simulated on, as
@@ -187,6 +190,7 @@ def fit_replicates(
     max_tree_depth: int = 10,
     start: np.ndarray | None = None,
     kalman: str = "sequential",
+    nuts_batch: str | None = None,
 ) -> ReplicateFits:
     """Fit every series of ``batch`` on its own, all in one compiled program.
 
@@ -203,9 +207,20 @@ def fit_replicates(
         Seeds every random path (Laplace draws, NUTS keys and jitter).
     start
         Unconstrained starting points (replicate, k); default the prior median.
+    nuts_batch
+        ``"replicates"``: NUTS runs every chain of every replicate in one ``vmap``
+        (one program; each iteration costs the longest trajectory of the batch, which
+        pays on accelerators); ``"chains"``: the chains of one replicate in lock-step,
+        replicate after replicate through the same compiled program (no lock-step
+        waste across posteriors of different difficulty; better on CPU).  Default:
+        ``"replicates"`` on GPU/TPU, ``"chains"`` on CPU.
     """
     if method not in REPLICATE_METHODS:
         raise ValueError(f"method must be one of {REPLICATE_METHODS}; got {method!r}.")
+    if nuts_batch is None:
+        nuts_batch = "chains" if jax.default_backend() == "cpu" else "replicates"
+    if nuts_batch not in ("chains", "replicates"):
+        raise ValueError(f"nuts_batch must be 'chains' or 'replicates'; got {nuts_batch!r}.")
     for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
@@ -241,7 +256,7 @@ def fit_replicates(
         unconstrained, stats = _nuts(log_density, data, mode, hess, rng, num_samples=num_samples,
                                      num_warmup=num_warmup, num_chains=num_chains,
                                      target_accept=target_accept, max_tree_depth=max_tree_depth,
-                                     cache=nuts_cache)
+                                     cache=nuts_cache, nuts_batch=nuts_batch)
     flat = unconstrained.reshape(-1, space.size)
     constrained = jax.jit(jax.vmap(space.constrain))(jnp.asarray(flat))
     draws = {name: np.asarray(v).reshape(unconstrained.shape[:3] + np.shape(v)[1:])
@@ -250,7 +265,7 @@ def fit_replicates(
 
 
 def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_chains,
-          target_accept, max_tree_depth, cache=None):
+          target_accept, max_tree_depth, cache=None, nuts_batch="chains"):
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
     from numpyro.infer.hmc import hmc
 
@@ -286,12 +301,22 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
     theta0 = np.repeat(mode, num_chains, axis=0)
     theta0 = theta0 + 0.05 * rng.standard_normal(theta0.shape) * np.sqrt(
         np.repeat(inverse_mass, num_chains, axis=0))
-    repeated = tuple(jnp.repeat(d, num_chains, axis=0) for d in data)
+    inv_mass = np.repeat(inverse_mass, num_chains, axis=0)
     if settings not in cache:
         cache[settings] = jax.jit(jax.vmap(run_chain))
-    z, diverging, steps = cache[settings](
-        keys, jnp.asarray(theta0), jnp.asarray(np.repeat(inverse_mass, num_chains, axis=0)),
-        *repeated)
+    if nuts_batch == "replicates":  # every chain of every replicate in one lock-step vmap
+        repeated = tuple(jnp.repeat(d, num_chains, axis=0) for d in data)
+        z, diverging, steps = cache[settings](keys, jnp.asarray(theta0), jnp.asarray(inv_mass),
+                                              *repeated)
+    else:  # one compiled program (chains in lock-step), replicate after replicate
+        parts = []
+        for r in range(num):
+            rows = slice(r * num_chains, (r + 1) * num_chains)
+            own = tuple(jnp.repeat(d[r : r + 1], num_chains, axis=0) for d in data)
+            parts.append(cache[settings](keys[rows], jnp.asarray(theta0[rows]),
+                                         jnp.asarray(inv_mass[rows]), *own))
+        z, diverging, steps = (np.concatenate([np.asarray(p[i]) for p in parts])
+                               for i in range(3))
     z = np.asarray(z).reshape(num, num_chains, num_samples, k)
     diverging = np.asarray(diverging).reshape(num, num_chains, num_samples)
     steps = np.asarray(steps).reshape(num, num_chains, num_samples)
