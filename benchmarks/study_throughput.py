@@ -7,6 +7,8 @@ settings, wall time including compilation:
   one process (``run_study`` with one chunk);
 * ``coregulation (Dask LocalCluster, 2 workers)``: the same study as two chunks on
   a local Dask cluster of two single-threaded worker processes;
+* ``coregulation Laplace``: the same study with the Laplace approximation (not NUTS;
+  for scale only, ``--tools laplace``);
 * ``simuk``: simuk's SBC loop (one NumPyro MCMC per simulated dataset) over the
   same model written as a NumPyro model whose observation is a distribution with
   our exact Kalman log-likelihood and our exact simulator; only its throughput is
@@ -43,10 +45,13 @@ from coregulation.simulate.study import Study  # noqa: E402
 DURATION = 600.0
 
 
-def study(replicates: int, chunk: int, warmup: int, samples: int, chains: int) -> Study:
-    return Study(name="throughput", kind="sbc", model="oscillator", method="nuts",
+def study(replicates: int, chunk: int, warmup: int, samples: int, chains: int,
+          method: str = "nuts") -> Study:
+    fit = ({"num_warmup": warmup, "num_samples": samples, "num_chains": chains}
+           if method == "nuts" else {"num_samples": samples * chains})
+    return Study(name="throughput", kind="sbc", model="oscillator", method=method,
                  replicates=replicates, seed=3, chunk=chunk, grid={"duration": [DURATION]},
-                 fit={"num_warmup": warmup, "num_samples": samples, "num_chains": chains})
+                 fit=fit)
 
 
 def ours_batched(args) -> dict:
@@ -57,6 +62,18 @@ def ours_batched(args) -> dict:
     elapsed = time.perf_counter() - start
     shutil.rmtree(out)
     return {"tool": "coregulation (batched, 1 process)", "seconds": elapsed}
+
+
+def ours_laplace(args) -> dict:
+    """The Laplace approximation instead of NUTS (a different method: fast, but the
+    SBC tier shows it miscalibrated for time constants and latent SDs)."""
+    out = Path(tempfile.mkdtemp())
+    start = time.perf_counter()
+    run_study(study(args.replicates, args.replicates, args.warmup, args.samples, args.chains,
+                    method="laplace"), out, progress=False)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(out)
+    return {"tool": "coregulation Laplace (batched, 1 process; not NUTS)", "seconds": elapsed}
 
 
 def ours_dask(args) -> dict:
@@ -127,7 +144,7 @@ def simuk_loop(args) -> dict | None:
     sbc = simuk.SBC(NUTS(numpyro_model, init_strategy=init_to_median),
                     num_simulations=args.replicates, data_dir={"y": np.zeros((times.size, 2))},
                     sample_kwargs={"num_warmup": args.warmup, "num_samples": args.samples,
-                                   "num_chains": args.chains, "chain_method": "vectorized",
+                                   "num_chains": args.chains, "chain_method": "sequential",
                                    "progress_bar": False},
                     seed=3)
     start = time.perf_counter()
@@ -149,7 +166,8 @@ def main():
         args.replicates, args.warmup, args.samples = 4, 100, 100
     env = environment()
     rows = []
-    runners = {"batched": ours_batched, "dask": ours_dask, "simuk": simuk_loop}
+    runners = {"batched": ours_batched, "dask": ours_dask, "simuk": simuk_loop,
+               "laplace": ours_laplace}
     for name in args.tools.split(","):
         row = runners[name](args)
         if row is None:
@@ -160,7 +178,8 @@ def main():
         print(f"{row['tool']}: {row['seconds']:.0f} s, {row['fits_per_minute']:.2f} fits/min",
               flush=True)
         rows.append(row)
-    stem = f"study_throughput-{env['commit']}" + ("-quick" if args.quick else "")
+    stem = (f"study_throughput-{env['commit']}" + ("-quick" if args.quick else "")
+            + ("" if args.tools == "batched,dask,simuk" else "-" + args.tools.replace(",", "-")))
     write_results(stem, env, rows)
     print("\n| tool | replicates | chains x (warm-up + draws) | wall (s) | fits per minute |")
     print("|---|---:|---:|---:|---:|")
