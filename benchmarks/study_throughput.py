@@ -166,6 +166,8 @@ def main():
         args.replicates, args.warmup, args.samples = 4, 100, 100
     env = environment()
     rows = []
+    stem = (f"study_throughput-{env['commit']}" + ("-quick" if args.quick else "")
+            + ("" if args.tools == "batched,dask,simuk" else "-" + args.tools.replace(",", "-")))
     runners = {"batched": ours_batched, "dask": ours_dask, "simuk": simuk_loop,
                "laplace": ours_laplace}
     for name in args.tools.split(","):
@@ -178,9 +180,7 @@ def main():
         print(f"{row['tool']}: {row['seconds']:.0f} s, {row['fits_per_minute']:.2f} fits/min",
               flush=True)
         rows.append(row)
-    stem = (f"study_throughput-{env['commit']}" + ("-quick" if args.quick else "")
-            + ("" if args.tools == "batched,dask,simuk" else "-" + args.tools.replace(",", "-")))
-    write_results(stem, env, rows)
+        write_results(stem, env, rows)  # after every tool: a later failure loses nothing
     print("\n| tool | replicates | chains x (warm-up + draws) | wall (s) | fits per minute |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -327,7 +327,7 @@ def report(
             def fmt(v):
                 return "-" if not np.isfinite(float(v)) else f"{float(v):.3f}"
 
-            view.add_row(str(int(row["cell"])), str(p), str(int(row["num_replicates"])),
+            view.add_row(str(int(row["cell"])), escape(str(p)), str(int(row["num_replicates"])),
                          fmt(row["bias"]), fmt(row["rmse"]), fmt(row["coverage_95"]),
                          fmt(row["power"]), fmt(row["false_positive_rate"]))
     console.print(view)
@@ -340,7 +340,8 @@ def report(
         written.append(save_figure(ecdf_difference_plot(results), figures / "sbc_ecdf.png"))
         worst = chi.sort_values("p_value").iloc[0]
         console.print(f"SBC: smallest chi-square p-value {worst['p_value']:.3g} "
-                      f"({worst['quantity']}) over {int(worst['num_replicates'])} replicates.")
+                      f"({escape(str(worst['quantity']))}) over {int(worst['num_replicates'])} "
+                      "replicates.")
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 
