@@ -13,8 +13,8 @@ settings, wall time including compilation:
   same model written as a NumPyro model whose observation is a distribution with
   our exact Kalman log-likelihood and our exact simulator; only its throughput is
   compared (simuk draws from the untruncated prior, so some of its datasets come
-  from unstable systems, which it simulates from their last stable ancestor: see
-  ``_KalmanSeries``).
+  from unstable systems: those start at 0 with unit covariance and are clipped, see
+  ``_KalmanSeries``, and their posteriors are hard for NUTS).
 
 Run: ``python benchmarks/study_throughput.py [--replicates 20] [--quick]``; writes
 ``benchmarks/results/study_throughput-<commit>.json`` and prints a table for RESULTS.md.
