@@ -120,7 +120,7 @@ class ParameterSpace:
         key, sub = jax.random.split(key)
         draws = self._sample_untruncated(sub, n)
         if stable and n:
-            is_stable = jax.jit(jax.vmap(self.model.is_stable))
+            is_stable = self._batched_is_stable()
             bad = ~np.asarray(is_stable(draws))
             rounds = 0
             while bad.any():
@@ -144,6 +144,13 @@ class ParameterSpace:
             draws = {k: v[0] for k, v in draws.items()}
         return draws
 
+    def _batched_is_stable(self):
+        """``jit(vmap(model.is_stable))``, built once per space (SBC draws one truth per
+        replicate: a fresh ``jit`` per call would recompile every time)."""
+        if getattr(self, "_is_stable_jit", None) is None:
+            self._is_stable_jit = jax.jit(jax.vmap(self.model.is_stable))
+        return self._is_stable_jit
+
     def _sample_untruncated(self, key, n: int) -> dict[str, Array]:
         keys = jax.random.split(key, len(self.table))
         return {p.name: p.prior.sample(k, (n,)) for p, k in zip(self.table, keys)}
@@ -151,7 +158,7 @@ class ParameterSpace:
     def stable_fraction(self, key, num_draws: int = 4000) -> float:
         """Share of untruncated prior draws that are stable (the rejection acceptance rate)."""
         draws = self._sample_untruncated(key, num_draws)
-        return float(np.mean(np.asarray(jax.jit(jax.vmap(self.model.is_stable))(draws))))
+        return float(np.mean(np.asarray(self._batched_is_stable()(draws))))
 
     def prior_median(self) -> dict[str, Array]:
         """A central point of the prior (median of each marginal by sampling, fixed key)."""
