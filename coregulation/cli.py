@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +34,9 @@ def _model(name: str):
 
 def _atomic_write(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    from coregulation._atomic import atomic_write
+
+    return atomic_write(path, write)
 
 
 def _read_data(path: Path):

@@ -6,8 +6,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -425,17 +423,9 @@ class Fit:
 
     def to_netcdf(self, path) -> Path:
         """Write the InferenceData atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        os.close(fd)
-        try:
-            self.idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        from coregulation._atomic import atomic_write
+
+        return atomic_write(path, lambda tmp: self.idata.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def load_fit(path) -> Fit:

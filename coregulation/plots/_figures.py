@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import matplotlib
+
+from coregulation._atomic import atomic_write
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -156,18 +156,10 @@ def save_all(fit, folder) -> list[Path]:
 
 def save_figure(fig, path) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (temporary file, then rename); close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 # ----------------------------------------------------------------------------------

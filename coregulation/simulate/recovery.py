@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from coregulation._atomic import atomic_write
 from coregulation.simulate.study import PATTERNS, Study
 
 QUANTILES = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
@@ -327,16 +327,7 @@ def _add_ranks(summary, space, model, flat_draws, unconstrained, truth, truths, 
 
 
 def _atomic_netcdf(ds: xr.Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
 
 # ----------------------------------------------------------------------------------
