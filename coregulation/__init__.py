@@ -1,26 +1,24 @@
 """coregulation: Bayesian dynamical-systems models of physiological coregulation in dyads.
 
 Importing the package switches JAX to float64 (every likelihood here is float64).
-
-It also turns off XLA-CPU's multi-threaded Eigen pool (``XLA_FLAGS``
-``--xla_cpu_multi_thread_eigen=false``) unless the flag is already set or
-``COREG_XLA_MULTI_THREAD_EIGEN=1``: with jaxlib 0.10 on small machines that pool
-was seen to wedge for good while materialising wide ``vmap`` results (all threads
-idle, the caller blocked in ``BlockUntilReady``), which is what simulation studies
-and prior-draw checks run.  The models' small matrices gain nothing from it.  The
-flag only takes effect if the package is imported before JAX first computes.
+It warns if jaxlib is 0.10.0-0.10.2, whose batched CPU LAPACK kernels can deadlock
+(see README, "A note on JAX on CPU").
 """
 
-import os as _os
+import warnings as _warnings
 
-if _os.environ.get("COREG_XLA_MULTI_THREAD_EIGEN") != "1":
-    _flags = _os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" not in _flags:
-        _os.environ["XLA_FLAGS"] = (_flags + " --xla_cpu_multi_thread_eigen=false").strip()
-
-import jax as _jax  # noqa: E402
+import jax as _jax
+import jaxlib as _jaxlib
 
 _jax.config.update("jax_enable_x64", True)
+
+if _jaxlib.__version__.startswith("0.10."):
+    _warnings.warn(
+        f"jaxlib {_jaxlib.__version__} can hang for good on batched linear algebra on CPU "
+        "(its LAPACK kernels wait on XLA's thread pool from inside it); install "
+        "jaxlib<0.10 or >=0.11 (coregulation's requirements exclude 0.10.*)",
+        RuntimeWarning, stacklevel=2,
+    )
 
 from coregulation import data, simulate  # noqa: E402  (simulate: the subpackage)
 from coregulation.inference.bayes import fit  # noqa: E402

@@ -3,12 +3,6 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# before JAX starts its backend (coregulation sets the same; see its __init__):
-# XLA-CPU's multi-threaded Eigen pool was seen to wedge on wide vmaps (jaxlib 0.10.2)
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false").strip()
-
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

@@ -1,9 +1,5 @@
 """Robustness over prior draws, and MLE recovery on long series (exact tier)."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -13,26 +9,10 @@ import coregulation as cr
 
 NUM_DRAWS = 10_000
 CHUNK = 1_000
-# Run in a fresh interpreter: on jaxlib 0.10.2 (2 CPU cores) the wide batched
-# evaluation below was seen to hang inside XLA late in a full suite run (after many
-# compilations), while it passes in 10-30 s on its own (2026-11-25).
-CHILD = os.environ.get("COREG_ISOLATED_TEST") == "1"
-
-
-def _run_isolated(nodeid: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", nodeid],
-        env={**os.environ, "COREG_ISOLATED_TEST": "1"},
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CASES))
 def test_loglik_finite_or_minus_inf_over_prior_draws(name):
-    if not CHILD:
-        _run_isolated(f"{__file__}::test_loglik_finite_or_minus_inf_over_prior_draws[{name}]")
-        return
     cls, truth = MODEL_CASES[name]
     model = cls()
     times = np.arange(1.0, 41.0)
@@ -49,8 +29,6 @@ def test_loglik_finite_or_minus_inf_over_prior_draws(name):
     batched = jax.jit(jax.vmap(jax.value_and_grad(lik.log_density)))
 
     def value_and_grad(x):
-        # chunks of 1,000: with jaxlib 0.10.2 on this 2-core CPU a 2,000-wide batch of the
-        # oscillator stalls (threads idle, no progress; seen 2026-11-25)
         parts = [batched(x[i : i + CHUNK]) for i in range(0, x.shape[0], CHUNK)]
         return tuple(np.concatenate([np.asarray(p[k]) for p in parts]) for k in (0, 1))
 
