@@ -1,5 +1,7 @@
 """CLI smoke test, bundled data, simulator contracts and reproducibility."""
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pandas as pd
@@ -103,3 +105,21 @@ def test_shared_drive_study_returns_contract_and_null_truth():
     assert analytic > 0.3
     # 20,000 s is ~330 drive time constants: SE of the correlation ~0.05
     assert abs(np.corrcoef(y[:, 0], y[:, 1])[0, 1] - analytic) < 0.15
+
+
+def test_atomic_write_keeps_old_file_on_failure_and_uses_umask_permissions(tmp_path):
+    from coregulation._atomic import _UMASK, atomic_write
+
+    target = tmp_path / "result.txt"
+    atomic_write(target, lambda tmp: Path(tmp).write_text("first"))
+    assert target.read_text() == "first"
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~_UMASK)
+
+    def broken(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        atomic_write(target, broken)
+    assert target.read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.txt"]  # no .partial left
