@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from coregulation._annotations import resolved
+
 DEFAULT_ROLES = ("therapist", "client")
 MIN_OBSERVED = 10
 SAMPLING_KINDS = ("point", "epoch_mean")
@@ -149,6 +151,23 @@ def from_long(
     ``session=None`` means one session per dyad.  ``inputs`` and ``moderators`` are
     further columns, which must agree between the two roles' rows at the same time.
     Within each dyad, session and role the rows must be in increasing time order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from coregulation import data
+    >>> time = np.arange(1.0, 13.0)
+    >>> table = pd.DataFrame({
+    ...     "dyad": "D1", "session": 1, "time": np.tile(time, 2),
+    ...     "role": ["therapist"] * 12 + ["client"] * 12,
+    ...     "value": np.r_[np.linspace(70, 75, 12), np.linspace(80, 78, 12)]})
+    >>> table.loc[14, "value"] = np.nan  # the client's third sample is missing
+    >>> ds = data.from_long(table)
+    >>> ds.y.dims, ds.y.shape
+    (('dyad', 'session', 'time', 'role'), (1, 1, 12, 2))
+    >>> ds.y.sel(role="client").values.ravel()[:4].round(2)  # it stays missing
+    array([80.  , 79.82,   nan, 79.45])
     """
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"expected a pandas DataFrame; got {type(df).__name__}.")
@@ -425,6 +444,7 @@ def load(path) -> xr.Dataset:
 # ----------------------------------------------------------------------------------
 
 
+@resolved
 class Series(NamedTuple):
     """One dyad-session, trimmed of its padding."""
 

@@ -49,6 +49,8 @@ from jax import lax
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float, Int
 
+from coregulation._annotations import resolved
+
 __all__ = [
     "LGSSM",
     "FilterResult",
@@ -70,6 +72,7 @@ _DOUBLINGS = 40
 _MIN_TAIL = 64
 
 
+@resolved
 class LGSSM(NamedTuple):
     """A discrete-time linear-Gaussian state space on one series' time grid.
 
@@ -110,6 +113,7 @@ class LGSSM(NamedTuple):
     initial_cov: Float[Array, "n n"]
 
 
+@resolved
 class FilterResult(NamedTuple):
     """Output of :func:`kalman_filter`.
 
@@ -126,6 +130,7 @@ class FilterResult(NamedTuple):
     filtered_covs: Float[Array, "t n n"]
 
 
+@resolved
 class SmootherResult(NamedTuple):
     """Output of :func:`kalman_smoother`: the filter plus ``p(s_k | y_1..y_T)``."""
 

@@ -22,6 +22,7 @@ from jaxtyping import Array, Float
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
+from coregulation._annotations import resolved
 from coregulation.inference.kalman import LGSSM
 from coregulation.models import _discretise as disc
 
@@ -34,6 +35,7 @@ DEFAULT_ROLES = ("therapist", "client")
 # ----------------------------------------------------------------------------------
 
 
+@resolved
 class TimeGrid(NamedTuple):
     """A series' time grid, reduced to its distinct steps (built in numpy, not traced).
 
@@ -217,6 +219,7 @@ def _broadcast_prior(prior: dist.Distribution, shape: tuple[int, ...]) -> dist.D
 # ----------------------------------------------------------------------------------
 
 
+@resolved
 class CTSystem(NamedTuple):
     """A continuous-time system ``dx = (A x + B u) dt + G dW``, ``y = H x + d + e``."""
 

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from coregulation._annotations import resolved
 from coregulation.models._base import ROLE_DIM, CTSystem, LevelModel, log_normal_time_constant
 
 
+@resolved
 @dataclasses.dataclass(frozen=True)
 class CTVAR(LevelModel):
     r"""Bivariate continuous-time VAR (multivariate Ornstein–Uhlenbeck) with coupling.

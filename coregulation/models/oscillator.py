@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from coregulation._annotations import resolved
 from coregulation.models._base import ROLE_DIM, CTSystem, Model
 
 
+@resolved
 @dataclasses.dataclass(frozen=True)
 class CoupledOscillator(Model):
     r"""Two coupled damped linear oscillators (Helm, Sbarra & Ferrer 2012; rties).

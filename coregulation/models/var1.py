@@ -10,6 +10,7 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from coregulation._annotations import resolved
 from coregulation.inference.kalman import LGSSM
 from coregulation.models import _discretise as disc
 from coregulation.models._base import ROLE_DIM, LevelModel, TimeGrid
@@ -18,6 +19,7 @@ from coregulation.models._base import ROLE_DIM, LevelModel, TimeGrid
 _REGULAR_RTOL = 1e-6
 
 
+@resolved
 @dataclasses.dataclass(frozen=True)
 class VAR1(LevelModel):
     r"""Bivariate VAR(1) state space with measurement error (APIM/DSEM-comparable).

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.interpolate
 import scipy.signal
+import xarray as xr
 
 FEATURES = {
     "heart_rate": ("ecg", "bpm"),
@@ -295,7 +296,7 @@ def dyad_dataset(
     roles: tuple[str, str] = ("therapist", "client"),
     dyad="dyad",
     session="session",
-) -> "xr.Dataset":  # noqa: F821
+) -> xr.Dataset:
     """One dyad-session of ``feature`` for both persons, on one clock, as the data contract.
 
     ``therapist`` and ``client`` are mappings with the raw ``signal`` (array),
@@ -369,6 +370,20 @@ def hf_hrv(beat_times, *, epoch: float = 30.0, band: tuple[float, float] = (0.15
     is read off its periodogram (linear detrend, Hann window, density scaled so that
     a sinusoid of amplitude A in the band has power A^2 / 2).  Epochs not fully
     covered by beats, or shorter than two cycles of the band's lower edge, are NaN.
+
+    Examples
+    --------
+    Beats whose interval swings by 50 ms at 0.25 Hz (a breathing rhythm) have HF power
+    50**2 / 2 ms**2:
+
+    >>> import numpy as np
+    >>> from coregulation import physio
+    >>> beats = [-2.0]  # the recording starts a little before the first epoch
+    >>> while beats[-1] < 122.0:
+    ...     beats.append(beats[-1] + 0.8 + 0.05 * np.sin(2 * np.pi * 0.25 * beats[-1]))
+    >>> values = physio.hf_hrv(np.array(beats), epoch=60.0)
+    >>> np.round(values, 1), round(float(np.log(50.0**2 / 2)), 1)
+    (array([7.1, 7.1]), 7.1)
     """
     beat_times = np.asarray(beat_times, dtype=float)
     if beat_times.ndim != 1 or beat_times.size < 3 or np.any(np.diff(beat_times) <= 0):
@@ -548,7 +563,7 @@ def read_dyad_csv(
     session="session",
     sep: str = ",",
     respiration_columns: Mapping[str, str] | None = None,
-) -> "xr.Dataset":  # noqa: F821
+) -> xr.Dataset:
     """One dyad-session of ``feature`` from raw signals in CSV files, as the data contract.
 
     ``source`` is either one file with a column per person and signal (default

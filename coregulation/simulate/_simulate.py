@@ -11,12 +11,14 @@ import numpy as np
 import xarray as xr
 
 from coregulation import data as _data
+from coregulation._annotations import resolved
 from coregulation.inference.kalman import LGSSM
 from coregulation.models import _discretise as disc
 from coregulation.models._base import Model, TimeGrid
 from coregulation.models.parameters import ParameterSpace
 
 
+@resolved
 class Simulation(NamedTuple):
     """One simulated series: observations ``y`` (time, role) and latent ``states``."""
 
@@ -69,6 +71,18 @@ def simulate_series(
     """Simulate ``model`` at free parameters ``params`` on observation ``times`` (s).
 
     Exact for any grid (the discretisation is exact); ``key`` is a JAX PRNG key.
+
+    Examples
+    --------
+    >>> import jax
+    >>> import numpy as np
+    >>> import coregulation as cr
+    >>> truth = dict(tau=np.array([5.0, 10.0]), therapist_to_client=0.5,
+    ...              client_to_therapist=0.0, mu=np.zeros(2), latent_sd=np.ones(2),
+    ...              shock_corr=0.0, me_sd=np.array([0.2, 0.2]))
+    >>> sim = cr.simulate_series(cr.CTVAR(), truth, np.arange(1.0, 601.0), jax.random.key(0))
+    >>> sim.y.shape, sim.states.shape
+    ((600, 2), (600, 2))
     """
     grid = TimeGrid.from_times(times, inputs=inputs, moderators=moderators)
     model.check_grid(grid)

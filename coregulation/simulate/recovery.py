@@ -34,6 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from coregulation._atomic import atomic_write
@@ -555,10 +556,8 @@ def recovery_metrics(results: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def metrics_table(metrics: xr.Dataset, parameters=None) -> "pd.DataFrame":  # noqa: F821
+def metrics_table(metrics: xr.Dataset, parameters=None) -> pd.DataFrame:
     """The metrics as a flat table: one row per cell and parameter, factors as columns."""
-    import pandas as pd
-
     ds = metrics if parameters is None else metrics.sel(parameter=list(parameters))
     frame = ds.to_dataframe().reset_index()
     return pd.DataFrame(frame)

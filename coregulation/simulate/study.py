@@ -97,7 +97,17 @@ class Study:
 
     @classmethod
     def from_dict(cls, spec: Mapping) -> Study:
-        """Validate a nested mapping (the parsed TOML/YAML) into a :class:`Study`."""
+        """Validate a nested mapping (the parsed TOML/YAML) into a :class:`Study`.
+
+    Examples
+    --------
+    >>> from coregulation.simulate import Study
+    >>> study = Study.from_dict({
+    ...     "study": {"model": "ctvar", "method": "laplace", "replicates": 50},
+    ...     "grid": {"coupling": ["none", "therapist_led"], "duration": [300.0, 900.0]}})
+    >>> len(study.cells()), study.cells()[1]["coupling"], study.cells()[1]["duration"]
+    (4, 'none', 900.0)
+    """
         if not isinstance(spec, Mapping):
             _fail("file", f"expected a table of sections {list(_SECTIONS)}; got {type(spec).__name__}.")
         unknown = sorted(set(spec) - set(_SECTIONS))
