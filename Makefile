@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# test processes (pytest-xdist; a file's tests stay together, so its fixtures are built
+# once); each holds a few GiB at peak
+TEST_WORKERS ?= 2
 
-.PHONY: demo test test-slow bench notebooks lint clean
+.PHONY: demo test test-slow bench notebooks docs lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/coreg demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -32,8 +35,12 @@ notebooks: $(STAMP)
 	for nb in notebooks/[0-9][0-9]_*.py; do \
 		COREG_OUT=notebook_output/$$(basename $$nb .py) $(PY) $$nb || exit 1; done
 
+# API reference from the docstrings (pdoc); any pdoc warning fails the build
+docs: $(STAMP)
+	$(PY) docs/build.py docs/_build
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check coregulation tests benchmarks
+	$(VENV)/bin/ruff check coregulation tests benchmarks docs notebooks
 
 clean:
-	rm -rf $(VENV) demo_output notebook_output real_data_output
+	rm -rf $(VENV) demo_output notebook_output real_data_output docs/_build

@@ -100,6 +100,24 @@ def test_batched_modes_and_hessians_equal_independent_fits_of_each_replicate():
         np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.06)
 
 
+def test_batched_nuts_runs_and_reports_health_per_replicate():
+    """Fast tier: the batched sampler's output structure; the statistical agreement
+    with NumPyro's own NUTS is the slow test below."""
+    model = cr.CTVAR()
+    times, ys, scales, _ = _replicates(model, 2, duration=60, seed=4)
+    batch = SeriesBatch.from_series([(times, y, None, None) for y in ys])
+    fit = fit_replicates(model, batch, scales, method="nuts", num_chains=2, num_warmup=15,
+                         num_samples=10, seed=2)
+    _, _, space = build_replicate_density(model, batch, scales)
+    assert fit.unconstrained.shape[0] == 2 and fit.unconstrained.shape[-1] == space.size
+    assert fit.unconstrained[0].reshape(-1, space.size).shape[0] == 2 * 10
+    assert np.all(np.isfinite(fit.unconstrained))
+    assert fit.stats["divergences"].shape == (2,) and fit.stats["max_rhat"].shape == (2,)
+    with pytest.raises(ValueError, match="nuts_batch must be"):
+        fit_replicates(model, batch, scales, method="nuts", nuts_batch="all")
+
+
+@pytest.mark.slow
 def test_batched_nuts_agrees_with_numpyro_on_the_same_posterior():
     from numpyro.infer import MCMC, NUTS
 
