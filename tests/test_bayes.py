@@ -169,6 +169,26 @@ def test_fit_input_errors(small_study):
         cr.fit(model, ds, num_chains=0)
     with pytest.raises(ValueError, match="declares inputs"):
         cr.fit(cr.CTVAR(inputs=("speech",)), ds)
+    with pytest.raises(ValueError, match="dense_mass must be True, False or None"):
+        cr.fit(model, ds, dense_mass="yes")
+    with pytest.raises(ValueError, match="dense_mass sets the mass matrix"):
+        cr.fit(model, ds, method="map", dense_mass=True)
+
+
+def test_single_dyad_nuts_uses_a_dense_mass_matrix_and_agrees_with_laplace():
+    """No pooled parameters: dense metric by default, posterior close to the Laplace one."""
+    model = cr.CTVAR()
+    ds, _ = cr.simulate_dyads(model, CTVAR_TRUTH, jax.random.key(5), num_dyads=1,
+                              num_sessions=1, duration=600, sampling_interval=1.0)
+    common = dict(num_samples=300, seed=3, num_predictive=0, progress_bar=False, warn=False)
+    nuts = cr.fit(model, ds, num_chains=2, num_warmup=300, **common)
+    laplace = cr.fit(model, ds, method="laplace", **common)
+    settings = json.loads(nuts.idata.posterior.attrs["coregulation_settings"])
+    assert settings["dense_mass"] is True
+    for name in ("therapist_to_client", "client_to_therapist"):
+        a, b = nuts.idata.posterior[name], laplace.idata.posterior[name]
+        assert abs(float(a.mean()) - float(b.mean())) < 0.5 * float(b.std()), name
+        assert 0.6 < float(a.std()) / float(b.std()) < 1.6, name
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +221,9 @@ def test_nuts_recovers_sign_and_builds_inferencedata(nuts_fit, tmp_path):
     # dims and coords
     assert post["tau"].dims == ("chain", "draw", "role")
     assert list(post["role"].values) == ["therapist", "client"]
+    # pooled parameters: NUTS kept a diagonal mass matrix by default
+    settings = json.loads(post.attrs["coregulation_settings"])
+    assert settings["dense_mass"] is False and settings["num_chains"] == 2
     assert post["therapist_to_client_by_dyad"].dims == ("chain", "draw", "dyad")
     assert post["coupling"].dims == ("chain", "draw", "source", "target")
     np.testing.assert_allclose(post["coupling"].sel(source="therapist", target="client"),

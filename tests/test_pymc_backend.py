@@ -130,8 +130,10 @@ def test_back_ends_agree_within_monte_carlo_error(study, sampler):
     """Same data, priors and hierarchy: posterior means agree within 4 joint MC SEs."""
     model, ds = study
     pooling = Pooling(parameters=("therapist_to_client", "client_to_therapist"))
+    # target_accept 0.9 for both: the three-dyad funnel gives PyMC's NUTS a few
+    # divergences at 0.8, which is a sampler's trait, not a back-end disagreement
     settings = dict(pooling=pooling, num_chains=4, num_warmup=500, num_samples=500,
-                    num_predictive=0, progress_bar=False, warn=False)
+                    num_predictive=0, progress_bar=False, warn=False, target_accept=0.9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = cr.fit(model, ds, seed=1, **settings)
@@ -145,7 +147,12 @@ def test_back_ends_agree_within_monte_carlo_error(study, sampler):
                      + np.asarray(az.mcse(b.to_dataset())[name]) ** 2)
         diff = np.abs(np.asarray(a.mean(("chain", "draw")) - b.mean(("chain", "draw"))))
         assert np.all(diff < 4 * se), (name, diff, se)
-        # and the spreads agree to within 15% (ESS of a few hundred)
-        ratio = np.asarray(a.std(("chain", "draw")) / b.std(("chain", "draw")))
-        assert np.all(np.abs(ratio - 1) < 0.15), (name, ratio)
+        # and the spreads agree within 4 joint MC SEs of the SD: the client's tau has a
+        # long right tail (99% quantile over twice the median), so its SD is noisy: the
+        # four NumPyro chains alone gave 7.2 to 9.5, and a fixed 15% bound on the ratio
+        # of SDs failed by chance (1.25 in one run, 1.12 in the next)
+        sd_se = np.sqrt(np.asarray(az.mcse(a.to_dataset(), method="sd")[name]) ** 2
+                        + np.asarray(az.mcse(b.to_dataset(), method="sd")[name]) ** 2)
+        sd_diff = np.abs(np.asarray(a.std(("chain", "draw")) - b.std(("chain", "draw"))))
+        assert np.all(sd_diff < 4 * sd_se), (name, sd_diff, sd_se)
     assert int(other.idata.sample_stats["diverging"].sum()) <= 5

@@ -26,6 +26,8 @@ from coregulation.models.parameters import ParameterSpace
 
 FIT_METHODS = ("nuts", "svi", "laplace", "map")
 BACKENDS = ("numpyro", "pymc")
+# NUTS gets a dense mass matrix by default up to this many unconstrained coordinates.
+DENSE_MASS_MAX_DIM = 40
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,6 +106,7 @@ def fit(
     chain_method: str | None = None,
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
+    dense_mass: bool | None = None,
     svi_steps: int = 5000,
     num_predictive: int = 100,
     standardise: bool = True,
@@ -136,6 +139,13 @@ def fit(
     num_chains, num_warmup, num_samples, seed, target_accept, max_tree_depth
         NUTS settings; ``chain_method`` defaults to ``"vectorized"`` (one vmapped
         program for all chains, the cheapest on CPU) when there is one device.
+    dense_mass
+        NumPyro NUTS with a dense (``True``) or diagonal (``False``) mass matrix.
+        Default: dense for a model without pooled parameters (one dyad, or
+        parameters shared by all series) of up to ``DENSE_MASS_MAX_DIM``
+        unconstrained coordinates, diagonal otherwise.  Measured on one oscillator
+        dyad (benchmarks/RESULTS.md): the same wall time and twice the bulk ESS,
+        since periods, damping and couplings are correlated a posteriori.
     svi_steps
         Optimisation steps for ``"svi"``.
     num_predictive
@@ -189,6 +199,13 @@ def fit(
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1); got {target_accept}.")
+    if dense_mass is not None and not isinstance(dense_mass, bool):
+        raise ValueError(f"dense_mass must be True, False or None; got {dense_mass!r}.")
+    if dense_mass is not None and (backend != "numpyro" or method != "nuts"):
+        raise ValueError(
+            "dense_mass sets the mass matrix of NumPyro's NUTS; it needs method='nuts' and "
+            f"backend='numpyro' (got method={method!r}, backend={backend!r})."
+        )
     problem = build_problem(
         model, data, pooling=pooling, priors=priors, standardise=standardise,
         therapists=therapists, session_covariates=session_covariates, kalman=kalman,
@@ -218,9 +235,15 @@ def fit(
     elif method == "nuts":
         if chain_method is None:
             chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
+        inverse_mass = jnp.asarray(initial_inverse_mass(info))
+        if dense_mass is None:
+            # measured gain on single-level models; a hierarchy's funnel is not helped
+            # by a dense metric, and short warm-ups estimate it poorly
+            dense_mass = (not problem.design.pooled
+                          and inverse_mass.shape[0] <= DENSE_MASS_MAX_DIM)
         kernel = NUTS(potential_fn=info.potential_fn, target_accept_prob=target_accept,
-                      max_tree_depth=max_tree_depth,
-                      inverse_mass_matrix=jnp.asarray(initial_inverse_mass(info)))
+                      max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                      inverse_mass_matrix=jnp.diag(inverse_mass) if dense_mass else inverse_mass)
         mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method=chain_method,
                     progress_bar=progress_bar)
@@ -243,7 +266,7 @@ def fit(
         }
         settings = dict(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
                         chain_method=chain_method, target_accept=target_accept,
-                        max_tree_depth=max_tree_depth)
+                        max_tree_depth=max_tree_depth, dense_mass=dense_mass)
     elif method == "svi":
         guide = AutoNormal(numpyro_model, init_loc_fn=init_to_value(values=init_values))
         svi = SVI(numpyro_model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
