@@ -175,13 +175,14 @@ def test_fit_input_errors(small_study):
         cr.fit(model, ds, method="map", dense_mass=True)
 
 
+@pytest.mark.slow  # statistical (NUTS against Laplace), 75 s
 def test_single_dyad_nuts_uses_a_dense_mass_matrix_and_agrees_with_laplace():
     """No pooled parameters: dense metric by default, posterior close to the Laplace one."""
     model = cr.CTVAR()
     ds, _ = cr.simulate_dyads(model, CTVAR_TRUTH, jax.random.key(5), num_dyads=1,
-                              num_sessions=1, duration=600, sampling_interval=1.0)
-    common = dict(num_samples=300, seed=3, num_predictive=0, progress_bar=False, warn=False)
-    nuts = cr.fit(model, ds, num_chains=2, num_warmup=300, **common)
+                              num_sessions=1, duration=400, sampling_interval=1.0)
+    common = dict(num_samples=200, seed=3, num_predictive=0, progress_bar=False, warn=False)
+    nuts = cr.fit(model, ds, num_chains=2, num_warmup=200, **common)
     laplace = cr.fit(model, ds, method="laplace", **common)
     settings = json.loads(nuts.idata.posterior.attrs["coregulation_settings"])
     assert settings["dense_mass"] is True
