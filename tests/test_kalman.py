@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 from reference import dense_log_likelihood, dense_smoother, textbook_filter
 
 import coregulation as cr
@@ -114,6 +115,43 @@ def test_steady_state_shortcut_is_exact_on_long_series(rng):
     g_seq, g_fast = grads("sequential"), grads("fast", hint)
     for a, b in zip(g_seq, g_fast):
         np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-7 * float(jnp.max(jnp.abs(a))))
+
+
+@pytest.mark.parametrize("measurement_scale", [1.0, 300.0])
+def test_tail_at_steady_state_and_continued_tail_are_exact(measurement_scale):
+    """Both branches of the tail: steady state reached after the first closed-form block
+    (fast closed loop) and not reached (measurement error 300x, closed loop near Phi)."""
+    from conftest import OSCILLATOR_TRUTH
+
+    from coregulation.inference import kalman
+
+    model = cr.CoupledOscillator()
+    times = np.arange(1, 1001, dtype=float)
+    y = np.array(cr.simulate_series(model, OSCILLATOR_TRUTH, times, jax.random.key(5)).y)
+    grid = TimeGrid.from_times(times)
+    ssm = model.to_lgssm(OSCILLATOR_TRUTH, grid)
+    ssm = ssm._replace(emission_cov=ssm.emission_cov * measurement_scale)
+    # which branch: the closed loop's decay over the first block
+    P = scipy.linalg.solve_discrete_are(np.asarray(ssm.transition[0]).T, np.asarray(ssm.emission).T,
+                                        np.asarray(ssm.process_cov[0]), np.asarray(ssm.emission_cov))
+    H, Phi = np.asarray(ssm.emission), np.asarray(ssm.transition[0])
+    F = Phi - Phi @ P @ H.T @ np.linalg.solve(H @ P @ H.T + np.asarray(ssm.emission_cov), H)
+    decay = max(abs(np.linalg.eigvals(F))) ** kalman._CONVERGED_AFTER
+    assert (decay < 1e-10) if measurement_scale == 1.0 else (decay > 1e-3)
+
+    def f(transition, process_cov, emission_cov, method, steady_from=None):
+        s = ssm._replace(transition=transition, process_cov=process_cov, emission_cov=emission_cov)
+        return cr.log_likelihood(s, y, method, steady_from=steady_from)
+
+    args = (ssm.transition, ssm.process_cov, ssm.emission_cov)
+    seq, g_seq = jax.value_and_grad(f, argnums=(0, 1, 2))(*args, "sequential")
+    fast, g_fast = jax.value_and_grad(f, argnums=(0, 1, 2))(*args, "fast", 0)
+    assert abs(float(seq) - float(fast)) < AGREE * abs(float(seq))
+    for a, b in zip(g_seq, g_fast):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-7 * float(jnp.max(jnp.abs(a))))
+    out = cr.kalman_filter(ssm, y, "fast", steady_from=0)
+    ref = cr.kalman_filter(ssm, y, "sequential")
+    np.testing.assert_allclose(out.predicted_covs, ref.predicted_covs, rtol=1e-10, atol=1e-12)
 
 
 def test_steady_state_equals_scipy_dare_and_its_implicit_gradient_is_right(rng):

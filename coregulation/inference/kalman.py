@@ -29,7 +29,10 @@ Three methods, which agree to round-off (tested to 1e-8):
     arithmetic, up to the point from which nothing varies any more (one step
     length, nothing missing: the ``steady_from`` hint).  From there the Riccati
     recursion is solved in closed form around its steady state (METHODS.md §2.4;
-    see ``_time_invariant_tail``), as batched matrix operations, exactly; the
+    see ``_time_invariant_tail``), as batched matrix operations, exactly.  Once
+    the closed form has reached the steady state to rounding (checked at run
+    time after 128 steps), the remaining steps are the steady state itself and
+    cost one update in all (``_tail_pass``).  The
     steady state itself comes from a doubling loop that stops at convergence and
     is differentiated implicitly (one Stein-equation solve, not back-propagation
     through the loop).  Small batched products are written as fused
@@ -77,6 +80,13 @@ _DOUBLING_TOL = 1e-15
 # A time-invariant, complete tail shorter than this is scanned: the closed form's
 # fixed cost (the doubling for the steady state) only pays on longer tails.
 _MIN_TAIL = 64
+# The closed-form tail is first solved for this many steps; if by then the
+# predicted covariance equals the steady state to rounding, the rest of the tail
+# *is* the steady state and is not computed step by step (see _tail_pass).
+_CONVERGED_AFTER = 128
+# "Equals to rounding": the remaining error, amplified by the largest transient of
+# the closed loop, below this share of the steady state (relative, max-abs).
+_CONVERGED_TOL = 1e-15
 
 
 @resolved
@@ -541,6 +551,13 @@ def _dare_doubling(transition, process_cov, emission, emission_cov):
     return _sym(transition @ filtered @ transition.T + process_cov)
 
 
+def _closed_loop(transition, P, emission, emission_cov):
+    """``S^{-1} H`` and the closed loop ``F = Phi (I - P H^T S^{-1} H)``, ``S = H P H^T + R``."""
+    S = _sym(emission @ P @ emission.T + emission_cov)
+    s_inv_h = _solve(S, emission)
+    return s_inv_h, transition - transition @ P @ emission.T @ s_inv_h
+
+
 @jax.custom_vjp
 def _dare(transition, process_cov, emission, emission_cov):
     return _dare_doubling(transition, process_cov, emission, emission_cov)
@@ -561,9 +578,7 @@ def _dare_bwd(residuals, cotangent):
     """
     P, transition, process_cov, emission, emission_cov = residuals
     n = P.shape[0]
-    S = _sym(emission @ P @ emission.T + emission_cov)
-    gain = _solve(S, emission @ P).T
-    F = transition @ (jnp.eye(n, dtype=P.dtype) - gain @ emission)
+    _, F = _closed_loop(transition, P, emission, emission_cov)
     stein = jnp.eye(n * n, dtype=P.dtype) - jnp.kron(F.T, F.T)
     lam = jnp.linalg.solve(stein, cotangent.reshape(-1)).reshape(n, n)
     _, vjp = jax.vjp(lambda *theta: _riccati_map(P, *theta), transition, process_cov,
@@ -594,7 +609,9 @@ def _matrix_powers(F, num: int):
     return powers[:num]
 
 
-def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, num: int):
+
+
+def _time_invariant_tail(ssm: LGSSM, steady, s_inv_h, F, initial_pred_cov, num: int):
     """Predicted covariances of ``num`` time-invariant, complete steps, in closed form.
 
     With ``P`` the steady state, ``S = H P H^T + R``, the closed loop
@@ -606,14 +623,12 @@ def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, 
 
     (the Riccati difference equation of the error; checked against the recursion
     to 1e-15).  Every step is then a batched matrix operation: no sequential scan.
+
+    Returns the predicted covariances and the largest squared norm of ``F^k``
+    (``k < num``), the closed loop's transient amplification.
     """
-    n = transition.shape[0]
-    H = ssm.emission
-    steady = _steady_state_predicted_cov(ssm, transition, process_cov)
-    S = _sym(H @ steady @ H.T + ssm.emission_cov)
-    s_inv_h = _solve(S, H)
-    F = transition - transition @ steady @ H.T @ s_inv_h
-    M = _sym(H.T @ s_inv_h)
+    n = F.shape[0]
+    M = _sym(ssm.emission.T @ s_inv_h)
     powers = _matrix_powers(F, num)
     powers_t = jnp.swapaxes(powers, -1, -2)
     terms = _bmm(_bmm(powers_t, M[None]), powers)
@@ -622,7 +637,47 @@ def _time_invariant_tail(ssm: LGSSM, transition, process_cov, initial_pred_cov, 
     eye = jnp.eye(n, dtype=F.dtype)
     inner = _bmm(_small_inverse(eye[None] + _bmm(gramians, error0[None])), powers_t)
     errors = _bmm(_bmm(powers, error0[None]), inner)
-    return _sym(steady[None] + errors)
+    amplification = jnp.max(jnp.sum(powers**2, axis=(-2, -1)))
+    return _sym(steady[None] + errors), amplification
+
+
+def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num: int):
+    """Covariance pass of ``num`` time-invariant steps with the same missing pattern.
+
+    The closed form (:func:`_time_invariant_tail`) runs for the first
+    ``_CONVERGED_AFTER`` steps.  If the error left at the last of them, times the
+    closed loop's largest transient amplification, is below rounding
+    (``_CONVERGED_TOL``), every later step is the steady state: one measurement
+    update, broadcast.  Otherwise the closed form continues from there (a
+    ``lax.cond``, so a single series computes only the branch it takes; under
+    ``vmap`` both run and the cost is that of the full closed form).
+    """
+    steady = _steady_state_predicted_cov(ssm, transition, process_cov)
+    s_inv_h, F = _closed_loop(transition, steady, ssm.emission, ssm.emission_cov)
+    update = jax.vmap(lambda pred_cov: _covariance_update(ssm, pred_cov, observed_k))
+    if num <= _CONVERGED_AFTER + _MIN_TAIL:
+        pred_covs, _ = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, num)
+        return update(pred_covs)
+    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred,
+                                                    _CONVERGED_AFTER)
+    rest = num - _CONVERGED_AFTER
+    last = head_covs[-1]
+    left = jnp.max(jnp.abs(last - steady)) * jnp.maximum(amplification, 1.0)
+    converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
+
+    def at_steady_state(last):
+        one = update(steady[None])
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (rest, *a.shape[1:])), one)
+
+    def continued(last):
+        # the closed form again, started from the last covariance of the head
+        following = _riccati_map(last, transition, process_cov, ssm.emission,
+                                 ssm.emission_cov)
+        pred_covs, _ = _time_invariant_tail(ssm, steady, s_inv_h, F, following, rest)
+        return update(pred_covs)
+
+    out_rest = lax.cond(converged, at_steady_state, continued, last)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), update(head_covs), out_rest)
 
 
 def _update_batch(ssm: LGSSM, pred_covs, observed):
@@ -649,8 +704,7 @@ def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None) -> _Covarian
     transition, process_cov = transitions[-1], process_covs[-1]
     first_pred = _sym(transition @ head_cov @ transition.T + process_cov)
     tail = num_timesteps - steady_from
-    pred_covs = _time_invariant_tail(ssm, transition, process_cov, first_pred, tail)
-    out_tail = _update_batch(ssm, pred_covs, observed[steady_from:])
+    out_tail = _tail_pass(ssm, transition, process_cov, first_pred, observed[-1], tail)
     if out_head is None:
         return out_tail
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_head, out_tail)
