@@ -25,9 +25,6 @@ from coregulation.inference.kalman import METHODS, log_likelihood_terms, steady_
 from coregulation.inference.likelihood import MIN_OBSERVED
 from coregulation.models._base import Model, PriorScales, TimeGrid
 
-# From this many series in one batch, ``method="auto"`` runs the sequential filter.
-_SEQUENTIAL_FROM = 8
-
 
 class SeriesBatch(NamedTuple):
     """Padded arrays of ``num_series`` dyad-sessions (numpy; built once, outside ``jit``).
@@ -242,10 +239,11 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
     if method == "auto":
-        # Measured (benchmarks/RESULTS.md): vmapped over many series the sequential
-        # filter's batched small-matrix algebra beats the closed-form tail, whose
-        # batched solves dominate; for a few series ``fast`` wins.
-        method = "sequential" if batch.num_series >= _SEQUENTIAL_FROM else "fast"
+        # Measured (benchmarks/RESULTS.md, "auto for batches"): vmapped over 1, 8
+        # and 40 series, ``fast`` is 1.2-5x quicker than ``sequential`` for value
+        # and gradient with complete data, and within 25% either way when missing
+        # values leave no steady tail.
+        method = "fast"
     for i in range(batch.num_series):
         model.check_grid(batch.grid(i))
     data = (
