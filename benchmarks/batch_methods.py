@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from kalman_speed import CASES, environment, timed, write_results
 
 import coregulation as cr
 from coregulation.inference.batch import SeriesBatch, build_batch_log_likelihood
-
-from kalman_speed import CASES, environment, timed, write_results
 
 METHODS = ("fast", "sequential", "parallel")
 MISSING = {"complete": (0.0, 0.0), "5% at random": (0.05, 0.0), "bursts 20/h": (0.0, 20.0)}

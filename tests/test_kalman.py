@@ -152,6 +152,10 @@ def test_tail_at_steady_state_and_continued_tail_are_exact(measurement_scale):
     out = cr.kalman_filter(ssm, y, "fast", steady_from=0)
     ref = cr.kalman_filter(ssm, y, "sequential")
     np.testing.assert_allclose(out.predicted_covs, ref.predicted_covs, rtol=1e-10, atol=1e-12)
+    # the plain closed form (what batched callers run) gives the same terms
+    plain = kalman.log_likelihood_terms(ssm, y, "fast", steady_from=0, stop_at_steady_state=False)
+    np.testing.assert_allclose(plain, kalman.log_likelihood_terms(ssm, y, "fast", steady_from=0),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_steady_state_equals_scipy_dare_and_its_implicit_gradient_is_right(rng):

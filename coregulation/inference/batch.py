@@ -257,8 +257,10 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
 
     def one(params, y_s, observed_s, valid_s, step_index_s, inputs_s):
         ssm = model.to_lgssm(params, _series_grid(batch, step_index_s, inputs_s))
+        # vmapped over series: the tail's run-time steady-state switch would run
+        # both its branches (kalman.log_likelihood_terms)
         terms = log_likelihood_terms(ssm, y_s, method=method, steady_from=steady,
-                                     observed=observed_s)
+                                     observed=observed_s, stop_at_steady_state=False)
         if per_step:
             terms = jnp.where(valid_s, jnp.where(jnp.isnan(terms), -jnp.inf, terms), 0.0)
             if stationary:
@@ -271,7 +273,10 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
             value = jnp.where(model.is_stable(params), value, -jnp.inf)
         return value
 
-    return one, data
+    # jit-wrapped so that its trace is cached: a fit evaluates the likelihood in
+    # several programs (MAP, Hessian, initial values, NUTS, pointwise terms), and
+    # tracing the Kalman code in Python costs seconds each time.
+    return jax.jit(one), data
 
 
 def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",

@@ -641,7 +641,8 @@ def _time_invariant_tail(ssm: LGSSM, steady, s_inv_h, F, initial_pred_cov, num: 
     return _sym(steady[None] + errors), amplification
 
 
-def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num: int):
+def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num: int,
+               stop: bool = True):
     """Covariance pass of ``num`` time-invariant steps with the same missing pattern.
 
     The closed form (:func:`_time_invariant_tail`) runs for the first
@@ -650,12 +651,13 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
     (``_CONVERGED_TOL``), every later step is the steady state: one measurement
     update, broadcast.  Otherwise the closed form continues from there (a
     ``lax.cond``, so a single series computes only the branch it takes; under
-    ``vmap`` both run and the cost is that of the full closed form).
+    ``vmap`` both run, so batched callers pass ``stop=False`` for the plain
+    closed form).
     """
     steady = _steady_state_predicted_cov(ssm, transition, process_cov)
     s_inv_h, F = _closed_loop(transition, steady, ssm.emission, ssm.emission_cov)
     update = jax.vmap(lambda pred_cov: _covariance_update(ssm, pred_cov, observed_k))
-    if num <= _CONVERGED_AFTER + _MIN_TAIL:
+    if not stop or num <= _CONVERGED_AFTER + _MIN_TAIL:
         pred_covs, _ = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, num)
         return update(pred_covs)
     head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred,
@@ -685,7 +687,8 @@ def _update_batch(ssm: LGSSM, pred_covs, observed):
     return jax.vmap(lambda pred_cov, o: _covariance_update(ssm, pred_cov, o))(pred_covs, observed)
 
 
-def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None) -> _CovariancePass:
+def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
+                     stop: bool = True) -> _CovariancePass:
     transitions, process_covs = _step_matrices(ssm)
     num_timesteps = transitions.shape[0]
     if steady_from is None or num_timesteps - steady_from < _MIN_TAIL:
@@ -704,7 +707,7 @@ def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None) -> _Covarian
     transition, process_cov = transitions[-1], process_covs[-1]
     first_pred = _sym(transition @ head_cov @ transition.T + process_cov)
     tail = num_timesteps - steady_from
-    out_tail = _tail_pass(ssm, transition, process_cov, first_pred, observed[-1], tail)
+    out_tail = _tail_pass(ssm, transition, process_cov, first_pred, observed[-1], tail, stop)
     if out_head is None:
         return out_tail
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_head, out_tail)
@@ -718,8 +721,9 @@ def _affine_one(e1, e2):
 _affine_combine = jax.vmap(_affine_one)
 
 
-def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None):
-    cp = _covariance_pass(ssm, observed, steady_from)
+def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
+          stop: bool = True):
+    cp = _covariance_pass(ssm, observed, steady_from, stop)
     transitions, _ = _step_matrices(ssm)
     emission, _, mask = jax.vmap(lambda o: _masked_emission(ssm, o))(observed)
     n = ssm.initial_mean.shape[0]
@@ -825,6 +829,8 @@ def log_likelihood_terms(
     method: str = "auto",
     steady_from: int | None = None,
     observed=None,
+    *,
+    stop_at_steady_state: bool = True,
 ) -> Float[Array, " t"]:
     """Per-step terms ``log p(y_k | y_1, ..., y_{k-1})`` (0 where nothing is observed).
 
@@ -833,6 +839,12 @@ def log_likelihood_terms(
     series: rows past a series' end, marked observed (with any finite value),
     keep the covariance recursion time-invariant there, and their terms are
     simply not summed.  Terms are NaN (not ``-inf``) where a covariance fails.
+
+    ``stop_at_steady_state`` (``fast`` only): stop the closed-form tail once it
+    has reached the steady state, a run-time switch (``lax.cond``).  Under
+    ``vmap`` the switch becomes a select that computes both branches, so a
+    caller that vmaps over series passes False: the same values, less compile
+    and run time.
     """
     method = _check_method(method)
     y, observed = _prepare(ssm, y, observed)
@@ -840,7 +852,8 @@ def log_likelihood_terms(
         return _sequential(ssm, y, observed, keep_moments=False)
     if method == "parallel":
         return _parallel(ssm, y, observed, keep_moments=False)
-    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from)
+    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from,
+                 stop=stop_at_steady_state)
 
 
 def kalman_filter(
