@@ -235,7 +235,8 @@ def fit(
     elif method == "nuts":
         if chain_method is None:
             chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
-        inverse_mass = jnp.asarray(initial_inverse_mass(info))
+        _, _, value_and_grad = _flat_value_and_grad(info)
+        inverse_mass = jnp.asarray(initial_inverse_mass(info, value_and_grad=value_and_grad))
         if dense_mass is None:
             # measured gain on single-level models; a hierarchy's funnel is not helped
             # by a dense metric, and short warm-ups estimate it poorly
@@ -247,7 +248,7 @@ def fit(
         mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method=chain_method,
                     progress_bar=progress_bar)
-        inits = _valid_inits(info, _jitter(key_init, info.z, num_chains))
+        inits = _valid_inits(info, _jitter(key_init, info.z, num_chains), value_and_grad)
         if num_chains == 1:  # numpyro takes a single chain's values without a chain axis
             inits = jax.tree.map(lambda a: a[0], inits)
         mcmc.run(key_run, init_params=inits,
@@ -406,13 +407,28 @@ def _model_info(problem, numpyro_model, init_values, key) -> ModelInfo:
     )
 
 
-def _valid_inits(info: ModelInfo, inits: dict) -> dict:
+def _flat_value_and_grad(info: ModelInfo):
+    """``jit(value_and_grad)`` of the potential on the flat unconstrained vector, and
+    the flattening of ``info.z``: one compiled program for the start checks and the
+    curvature (compiling the Kalman likelihood costs seconds per program)."""
+    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
+    return flat, unravel, jax.jit(jax.value_and_grad(lambda x: info.potential_fn(unravel(x))))
+
+
+def _valid_inits(info: ModelInfo, inits: dict, value_and_grad=None) -> dict:
     """Replace any jittered chain start with a non-finite potential by the unjittered one."""
-    energy = jax.jit(jax.vmap(info.potential_fn))(inits)
-    ok = np.isfinite(np.asarray(energy))
+    if value_and_grad is None:
+        value_and_grad = _flat_value_and_grad(info)[2]
+    num_chains = jnp.shape(jax.tree.leaves(inits)[0])[0]
+
+    def energy(values):
+        return float(value_and_grad(jax.flatten_util.ravel_pytree(values)[0])[0])
+
+    ok = np.array([np.isfinite(energy(jax.tree.map(lambda a, c=c: a[c], inits)))
+                   for c in range(num_chains)])
     if ok.all():
         return inits
-    if not np.isfinite(float(jax.jit(info.potential_fn)(info.z))):
+    if not np.isfinite(energy(info.z)):
         raise FloatingPointError(
             "the log-density is not finite at the initial values from the MAP fit; check the "
             "data for extreme values or trends, or pass priors= that fit the data's scale."
@@ -423,7 +439,8 @@ def _valid_inits(info: ModelInfo, inits: dict) -> dict:
     )
 
 
-def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e-4) -> np.ndarray:
+def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e-4,
+                         value_and_grad=None) -> np.ndarray:
     """Diagonal inverse mass matrix from the curvature of the potential at the start.
 
     NUTS adapts the mass matrix only after its first warm-up window; with the
@@ -436,8 +453,12 @@ def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e
     refines it.  ``H_ii`` comes from central differences of the gradient (2n
     gradient calls), far cheaper to compile than a forward-over-reverse Hessian.
     """
-    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
-    grad = jax.jit(jax.grad(lambda x: info.potential_fn(unravel(x))))
+    flat, _, built = _flat_value_and_grad(info)
+    value_and_grad = value_and_grad or built
+
+    def grad(x):
+        return value_and_grad(x)[1]
+
     curvature = np.diag(_fd_hessian(grad, np.asarray(flat, dtype=float), step))
     good = np.isfinite(curvature) & (curvature > 0)
     inverse = np.where(good, 1.0 / np.where(good, curvature, 1.0), ceiling)
