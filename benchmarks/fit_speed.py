@@ -13,6 +13,12 @@ Tools, all on the same simulated data, priors, hierarchy and sampler settings:
 ``coregulation-pymc:nutpie``, ``coregulation-pymc:pymc``
     Our PyMC back end (the same hierarchy in PyMC, the likelihood as a PyTensor Op
     around our JAX likelihood), sampled by nutpie (JAX backend) or PyMC's NUTS.
+``pymc-plain`` (case (i) only)
+    A plain PyMC model as a user would write it: the oscillator's exact
+    discretisation (``expm``, Van Loan) and the textbook Kalman filter in PyTensor
+    (``scan``), our priors, sampled by ``pm.sample`` with PyMC's defaults (its NUTS,
+    ``jitter+adapt_diag`` start, its choice of cores).  The row records the
+    log-likelihood difference from ours at the truth (the same model).
 ``numpyro+dynamax``
     What a user writes without us: the same NumPyro model (our priors and
     hierarchy) with dynamax's ``lgssm_filter`` as the likelihood of each series
@@ -147,6 +153,112 @@ def run_dynamax(model, ds, pooling, settings, seed):
     return summarise(draws, names, wall, divergences)
 
 
+def oscillator_loglik_pytensor(v, y, dt):
+    """Exact log-likelihood of the coupled oscillator in plain PyTensor (a user's own model).
+
+    ``v`` maps parameter names to PyTensor scalars/vectors (constrained values), ``y``
+    is the (T, 2) complete series.  Same maths as ``CoupledOscillator.to_lgssm``:
+    drift from periods, damping ratios and couplings; exact discretisation by
+    ``expm`` and Van Loan; stationary initial state; then the textbook Kalman filter
+    in ``pytensor.scan``.  Returns (log-likelihood, stable flag).
+    """
+    import pytensor
+    import pytensor.tensor as pt
+    from pytensor.tensor.slinalg import expm
+
+    omega = 2.0 * np.pi / v["period"]
+    xi = v["damping_ratio"]
+    eta, zeta = -(omega**2), -2.0 * xi * omega
+    g_tc = v["position_therapist_to_client"] * omega[1] ** 2
+    g_ct = v["position_client_to_therapist"] * omega[0] ** 2
+    d_tc = 2.0 * v["velocity_therapist_to_client"] * omega[1]
+    d_ct = 2.0 * v["velocity_client_to_therapist"] * omega[0]
+    zero, one = pt.constant(0.0), pt.constant(1.0)
+    A = pt.stack([pt.stack([zero, one, zero, zero]),
+                  pt.stack([eta[0], zeta[0], g_ct, d_ct]),
+                  pt.stack([zero, zero, zero, one]),
+                  pt.stack([g_tc, d_tc, eta[1], zeta[1]])])
+    g = pt.sqrt(4.0 * xi * omega**3) * v["latent_sd"]
+    cross = v["shock_corr"] * g[0] * g[1]
+    Sigma = pt.stack([pt.stack([zero, zero, zero, zero]),
+                      pt.stack([zero, g[0] ** 2, zero, cross]),
+                      pt.stack([zero, zero, zero, zero]),
+                      pt.stack([zero, cross, zero, g[1] ** 2])])
+    Phi = expm(A * dt)
+    block = pt.concatenate([pt.concatenate([-A, Sigma], axis=1),
+                            pt.concatenate([pt.zeros((4, 4)), A.T], axis=1)], axis=0)
+    F12 = expm(block * dt)[:4, 4:]
+    Q = Phi @ F12
+    Q = 0.5 * (Q + Q.T)
+    eye = pt.eye(4)
+    P0 = pt.linalg.solve(pt.linalg.kron(A, eye) + pt.linalg.kron(eye, A),
+                         -Sigma.flatten()).reshape((4, 4))
+    P0 = 0.5 * (P0 + P0.T)
+    H = pt.constant(np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+    R = pt.diag(v["me_sd"] ** 2)
+    mu = v["mu"]
+
+    def step(y_t, m, P):
+        S = H @ P @ H.T + R
+        S_inv = pt.linalg.inv(S)
+        e = y_t - H @ m - mu
+        K = P @ H.T @ S_inv
+        ll = -0.5 * (2.0 * np.log(2.0 * np.pi) + pt.log(pt.linalg.det(S)) + e @ S_inv @ e)
+        m_f, P_f = m + K @ e, P - K @ S @ K.T
+        return Phi @ m_f, Phi @ P_f @ Phi.T + Q, ll
+
+    (_, _, terms), _ = pytensor.scan(step, sequences=[pt.constant(y)],
+                                      outputs_info=[pt.zeros(4), P0, None])
+    # Routh-Hurwitz on the characteristic polynomial, as CoupledOscillator.is_stable
+    a3 = -(zeta[0] + zeta[1])
+    a2 = zeta[0] * zeta[1] - eta[0] - eta[1] - d_ct * d_tc
+    a1 = zeta[0] * eta[1] + zeta[1] * eta[0] - (d_ct * g_tc + g_ct * d_tc)
+    a0 = eta[0] * eta[1] - g_ct * g_tc
+    stable = ((a3 > 0) & (a2 > 0) & (a1 > 0) & (a0 > 0) & (a3 * a2 > a1)
+              & (a3 * a2 * a1 > a1**2 + a3**2 * a0))
+    return pt.sum(terms), stable
+
+
+def run_plain_pymc(model, ds, pooling, settings, seed):
+    """A plain PyMC model (PyTensor Kalman filter in ``scan``), PyMC's default NUTS."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from coregulation.inference.pymc_backend import pymc_prior
+
+    if not isinstance(model, cr.CoupledOscillator) or pooling.levels:
+        raise NotImplementedError("the plain PyMC model is written for case (i) only.")
+    start = time.perf_counter()
+    problem = bayes.build_problem(model, ds, pooling=pooling)
+    batch = problem.batch
+    y = np.asarray(batch.y[0], dtype=float)
+    dt = float(batch.step_lengths[0])
+    with pm.Model():
+        v = {p.name: pymc_prior(p.name, p.prior, p.shape) for p in problem.design.table}
+        loglik, stable = oscillator_loglik_pytensor(v, y, dt)
+        pm.Potential("likelihood", pt.switch(stable, loglik, -np.inf))
+        idata = pm.sample(draws=settings["num_samples"], tune=settings["num_warmup"],
+                          chains=settings["num_chains"], random_seed=seed, progressbar=False)
+    wall = time.perf_counter() - start
+    names = [p.name for p in problem.design.table]
+    draws = {n: idata.posterior[n].values for n in names}
+    return summarise(draws, names, wall, int(idata.sample_stats["diverging"].sum()))
+
+
+def check_plain_pymc(model, ds, truth) -> float:
+    """|plain PyTensor log-likelihood - ours| at the truth, on the same data."""
+    import pytensor.tensor as pt
+
+    problem = bayes.build_problem(model, ds, pooling=cr.Pooling(levels=()))
+    batch = problem.batch
+    v = {k: pt.constant(np.asarray(val, dtype=float)) for k, val in truth.items()}
+    value, _ = oscillator_loglik_pytensor(v, np.asarray(batch.y[0], dtype=float),
+                                          float(batch.step_lengths[0]))
+    ours = float(jnp.sum(problem.batch_log_likelihood(
+        {k: jnp.asarray(val) for k, val in truth.items()})))
+    return abs(float(value.eval()) - ours)
+
+
 def _pymc_tool(sampler):
     def run(model, ds, pooling, settings, seed):
         return run_ours(model, ds, pooling, settings, seed, backend="pymc", sampler=sampler)
@@ -158,6 +270,7 @@ TOOLS = {
     "coregulation-pymc:nutpie": _pymc_tool("nutpie"),
     "coregulation-pymc:pymc": _pymc_tool("pymc"),
     "numpyro+dynamax": run_dynamax,
+    "pymc-plain": run_plain_pymc,
 }
 
 
@@ -176,7 +289,18 @@ def main() -> None:
     for case in cases:
         model, ds, pooling = case_data(case)
         for tool in args.tools.split(","):
-            result = TOOLS[tool](model, ds, pooling, settings, args.seed)
+            if tool == "pymc-plain" and case != "i":
+                print("pymc-plain: written for case (i) only; skipped", flush=True)
+                continue
+            try:
+                result = TOOLS[tool](model, ds, pooling, settings, args.seed)
+            except NotImplementedError as err:
+                print(f"{tool}: {err}", flush=True)
+                continue
+            if tool == "pymc-plain":
+                # the same model: its log-likelihood equals ours at the truth
+                truth = {k: v for k, v in OSCILLATOR.items() if k in model.free_names()}
+                result["loglik_abs_diff_vs_ours"] = check_plain_pymc(model, ds, truth)
             row = {"benchmark": "fit_speed", "case": case, "model": type(model).__name__,
                    "dyads": int(ds.sizes["dyad"]), "T": int(ds.sizes["time"]), "tool": tool,
                    **settings, **result}
