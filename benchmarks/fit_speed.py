@@ -198,7 +198,7 @@ def oscillator_loglik_pytensor(v, y, dt):
     R = pt.diag(v["me_sd"] ** 2)
     mu = v["mu"]
 
-    def step(y_t, m, P):
+    def step(y_t, m, P, Phi, Q, R, mu):
         S = H @ P @ H.T + R
         S_inv = pt.linalg.inv(S)
         e = y_t - H @ m - mu
@@ -208,7 +208,8 @@ def oscillator_loglik_pytensor(v, y, dt):
         return Phi @ m_f, Phi @ P_f @ Phi.T + Q, ll
 
     (_, _, terms), _ = pytensor.scan(step, sequences=[pt.constant(y)],
-                                      outputs_info=[pt.zeros(4), P0, None])
+                                      outputs_info=[pt.zeros(4), P0, None],
+                                      non_sequences=[Phi, Q, R, mu], strict=True)
     # Routh-Hurwitz on the characteristic polynomial, as CoupledOscillator.is_stable
     a3 = -(zeta[0] + zeta[1])
     a2 = zeta[0] * zeta[1] - eta[0] - eta[1] - d_ct * d_tc
