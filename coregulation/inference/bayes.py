@@ -453,8 +453,9 @@ def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e
     refines it.  ``H_ii`` comes from central differences of the gradient (2n
     gradient calls), far cheaper to compile than a forward-over-reverse Hessian.
     """
-    flat, _, built = _flat_value_and_grad(info)
-    value_and_grad = value_and_grad or built
+    flat, _ = jax.flatten_util.ravel_pytree(info.z)
+    if value_and_grad is None:
+        value_and_grad = _flat_value_and_grad(info)[2]
 
     def grad(x):
         return value_and_grad(x)[1]

@@ -609,8 +609,6 @@ def _matrix_powers(F, num: int):
     return powers[:num]
 
 
-
-
 def _time_invariant_tail(ssm: LGSSM, steady, s_inv_h, F, initial_pred_cov, num: int):
     """Predicted covariances of ``num`` time-invariant, complete steps, in closed form.
 
@@ -680,11 +678,6 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
 
     out_rest = lax.cond(converged, at_steady_state, continued, last)
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), update(head_covs), out_rest)
-
-
-def _update_batch(ssm: LGSSM, pred_covs, observed):
-    """Measurement updates of a batch of predicted covariances (vectorised)."""
-    return jax.vmap(lambda pred_cov, o: _covariance_update(ssm, pred_cov, o))(pred_covs, observed)
 
 
 def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
