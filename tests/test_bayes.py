@@ -77,6 +77,25 @@ def test_batch_per_series_parameters_and_errors(small_study):
         ll({k: v for k, v in free.items() if k != "tau"})
 
 
+def test_parallel_filter_vmapped_over_draws_with_per_series_parameters(small_study):
+    """Draws x series x steps: the pointwise log-likelihood of a fit's draws.
+
+    XLA's CPU compiler (jaxlib 0.9.2) rejected this program when the parallel filter's
+    elements used ``@`` ("Expected instruction to have shape ..."); a Laplace fit with
+    kalman="parallel" failed in its post-processing.
+    """
+    model, ds = small_study
+    batch = SeriesBatch.from_dataset(ds)
+    free = _free(model, CTVAR_TRUTH)
+    shift = jnp.outer(jnp.linspace(-0.2, 0.2, 3), jnp.arange(1.0, batch.num_series + 1))
+    draws = {k: jnp.broadcast_to(v, (3, batch.num_series, *jnp.shape(v))) for k, v in free.items()}
+    draws["therapist_to_client"] = draws["therapist_to_client"] + shift
+    parallel = jax.jit(jax.vmap(build_batch_log_likelihood(model, batch, method="parallel")))
+    sequential = build_batch_log_likelihood(model, batch, method="sequential")
+    expected = [sequential(jax.tree.map(lambda a, d=d: a[d], draws)) for d in range(3)]
+    np.testing.assert_allclose(parallel(draws), np.stack(expected), rtol=1e-8)
+
+
 @pytest.mark.parametrize("name", sorted(MODEL_CASES))
 def test_prior_draws_are_the_prior_truncated_to_stability(name):
     """METHODS.md §3.2-3.3: no unstable prior draws; the truncation is exact rejection.
@@ -280,8 +299,32 @@ def test_fast_first_looks_agree_in_sign(method):
                  num_predictive=0, progress_bar=False, warn=False)
     draws = fit.idata.posterior["therapist_to_client"].values
     assert np.mean(draws) > 0.2
+    # kalman="auto": a few hundred to 1500 evaluations of 600 steps compile the cheaper
+    # sequential filter, and the result records the method that ran
+    assert fit.idata.posterior.attrs["coregulation_kalman"] == "sequential"
     if method != "map":
         assert draws.size == 200 and np.std(draws) > 0
+
+
+def test_auto_kalman_method_weighs_evaluations_against_size():
+    from coregulation.inference.bayes import (
+        auto_kalman_method,
+        build_problem,
+        expected_evaluations,
+    )
+
+    nuts = expected_evaluations("nuts", num_chains=4, num_warmup=1000, num_samples=1000,
+                                svi_steps=1)
+    laplace = expected_evaluations("laplace", 4, 1000, 1000, svi_steps=1)
+    assert nuts > 100 * laplace
+    # one dyad, T = 600, NUTS: fast (benchmarks/fit_speed.py case i)
+    assert auto_kalman_method(nuts, 600) == "fast"
+    assert auto_kalman_method(laplace, 6 * 200) == "sequential"
+    assert auto_kalman_method(laplace, 40 * 36000) == "fast"
+    model = cr.CTVAR()
+    ds, _ = cr.simulate_dyads(model, CTVAR_TRUTH, jax.random.key(8), num_dyads=1, duration=60)
+    explicit = build_problem(model, ds, kalman="fast", evaluations=laplace)
+    assert explicit.kalman == "fast"
 
 
 def test_cli_simulate_and_fit(tmp_path):

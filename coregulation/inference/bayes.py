@@ -52,8 +52,14 @@ def build_problem(
     therapists: Sequence | None = None,
     session_covariates=None,
     kalman: str = "auto",
+    evaluations: int | None = None,
 ) -> Problem:
-    """Validate inputs and assemble the batch, the design and the batched likelihood."""
+    """Validate inputs and assemble the batch, the design and the batched likelihood.
+
+    ``evaluations``: about how many times the fit will evaluate the likelihood and
+    its gradient; with ``kalman="auto"`` it decides between the ``fast`` and the
+    ``sequential`` filter (:func:`auto_kalman_method`).
+    """
     if not isinstance(model, Model):
         raise TypeError(
             f"model must be a coregulation model (CTVAR(), CoupledOscillator(), VAR1()); "
@@ -86,8 +92,36 @@ def build_problem(
     if pooling is None:
         pooling = Pooling(levels=("dyad",) if np.unique(batch.dyad_index).size > 1 else ())
     design = build_design(model, batch, pooling, data, therapists, session_covariates)
+    if kalman == "auto" and evaluations is not None:
+        kalman = auto_kalman_method(evaluations, batch.num_series * batch.y.shape[1])
     ll = build_batch_log_likelihood(model, batch, method=kalman)
     return Problem(model, data, batch, design, ll, kalman)
+
+
+# Measured (benchmarks/RESULTS.md, "Kalman method of a fit"): the batched ``fast``
+# likelihood costs ~0.6 us per series-step for value and gradient against ~1.5 us for the
+# sequential filter, but each compiled program that contains it takes 1.5-5 s longer to
+# compile, and a fit compiles three to four.  Below this many evaluation-steps the
+# sequential filter finishes first.
+_FAST_FROM_EVALUATION_STEPS = 1e7
+
+
+def auto_kalman_method(evaluations: int, series_steps: int) -> str:
+    """``"fast"`` or ``"sequential"`` for a fit of ``evaluations`` likelihood-and-gradient
+    calls on ``series_steps`` series-steps in all (series x padded length)."""
+    return "fast" if evaluations * series_steps >= _FAST_FROM_EVALUATION_STEPS else "sequential"
+
+
+def expected_evaluations(method: str, num_chains: int, num_warmup: int, num_samples: int,
+                         svi_steps: int) -> int:
+    """About how many likelihood-and-gradient calls a fit makes: NUTS ~10 leapfrog
+    steps per iteration, SVI one per step, MAP and Laplace a few hundred (L-BFGS and
+    the finite-difference Hessian)."""
+    if method == "nuts":
+        return 10 * num_chains * (num_warmup + num_samples)
+    if method == "svi":
+        return svi_steps
+    return 500
 
 
 def fit(
@@ -156,7 +190,10 @@ def fit(
         columns).
     kalman
         Kalman method for the likelihood (``"auto"``, ``"fast"``, ``"sequential"``,
-        ``"parallel"``).
+        ``"parallel"``).  ``"auto"`` weighs the expected number of likelihood
+        evaluations of ``method`` against the data's size: ``"fast"`` for NUTS and
+        long SVI runs, ``"sequential"`` (cheaper to compile) for MAP and Laplace fits
+        of short series (:func:`auto_kalman_method`).
     backend, sampler
         ``"numpyro"`` (default) or ``"pymc"``: the same hierarchy as a PyMC model
         whose likelihood is a PyTensor Op around the jitted JAX log-likelihood
@@ -209,6 +246,7 @@ def fit(
     problem = build_problem(
         model, data, pooling=pooling, priors=priors, standardise=standardise,
         therapists=therapists, session_covariates=session_covariates, kalman=kalman,
+        evaluations=expected_evaluations(method, num_chains, num_warmup, num_samples, svi_steps),
     )
     numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
     key = jax.random.key(seed)

@@ -386,26 +386,29 @@ def _parallel_elements(ssm: LGSSM, y, observed) -> _FilterElement:
     eye_n = jnp.eye(n, dtype=transitions.dtype)
 
     def generic(transition, process_cov, offset, y_k, observed_k):
+        # products as _bmm/_bmv: under vmap over steps, series and draws, ``@`` becomes
+        # a dot_general with three batch dimensions that XLA's CPU compiler rejects
         emission, emission_cov, mask = _masked_emission(ssm, observed_k)
-        residual = mask * (y_k - ssm.emission_offset - ssm.emission @ offset)
-        q_ht = process_cov @ emission.T
-        innovation_cov = _sym(emission @ q_ht + emission_cov)
+        residual = mask * (y_k - ssm.emission_offset - _bmv(ssm.emission, offset))
+        q_ht = _bmm(process_cov, emission.T)
+        innovation_cov = _sym(_bmm(emission, q_ht) + emission_cov)
         chol, inv_chol = _cholesky_and_inverse(innovation_cov)
-        s_inv = inv_chol.T @ inv_chol
-        gain = q_ht @ s_inv
-        i_kh = eye_n - gain @ emission
-        A = i_kh @ transition
-        b = offset + gain @ residual
-        C = _sym(i_kh @ process_cov @ i_kh.T + gain @ emission_cov @ gain.T)
-        h_phi = emission @ transition
-        s_inv_h_phi = s_inv @ h_phi
-        J = _sym(h_phi.T @ s_inv_h_phi)
-        eta = s_inv_h_phi.T @ residual
-        whitened = inv_chol @ residual
+        s_inv = _bmm(inv_chol.T, inv_chol)
+        gain = _bmm(q_ht, s_inv)
+        i_kh = eye_n - _bmm(gain, emission)
+        A = _bmm(i_kh, transition)
+        b = offset + _bmv(gain, residual)
+        C = _sym(_bmm(_bmm(i_kh, process_cov), i_kh.T)
+                 + _bmm(_bmm(gain, emission_cov), gain.T))
+        h_phi = _bmm(emission, transition)
+        s_inv_h_phi = _bmm(s_inv, h_phi)
+        J = _sym(_bmm(h_phi.T, s_inv_h_phi))
+        eta = _bmv(s_inv_h_phi.T, residual)
+        whitened = _bmv(inv_chol, residual)
         z = 0.5 * (
             jnp.sum(mask) * _LOG_2PI
             + 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
-            + whitened @ whitened
+            + jnp.sum(whitened**2)
         )
         return _FilterElement(A, b, C, J, eta, z)
 
