@@ -43,4 +43,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check coregulation tests benchmarks docs notebooks
 
 clean:
-	rm -rf $(VENV) demo_output notebook_output real_data_output docs/_build
+	rm -rf $(VENV) .jax_cache demo_output notebook_output real_data_output docs/_build
