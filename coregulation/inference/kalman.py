@@ -48,6 +48,7 @@ Three methods, which agree to round-off (tested to 1e-8):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -842,14 +843,29 @@ def log_likelihood_terms(
     caller that vmaps over series passes False: the same values, less compile
     and run time.
     """
-    method = _check_method(method)
+    return _terms(ssm, jnp.asarray(y), _mask_or_none(observed), _check_method(method),
+                  _static_hint(steady_from), bool(stop_at_steady_state))
+
+
+def _static_hint(steady_from) -> int | None:
+    return None if steady_from is None else int(steady_from)
+
+
+def _mask_or_none(observed):
+    return None if observed is None else jnp.asarray(observed)
+
+
+# The public functions run as one compiled program per method and shapes, also when
+# called eagerly: op by op, the parallel and fast methods dispatch (and compile) hundreds
+# of small operations.  Inside a caller's jit or vmap the inner jit is simply inlined.
+@functools.partial(jax.jit, static_argnames=("method", "steady_from", "stop"))
+def _terms(ssm, y, observed, method, steady_from, stop):
     y, observed = _prepare(ssm, y, observed)
     if method == "sequential":
         return _sequential(ssm, y, observed, keep_moments=False)
     if method == "parallel":
         return _parallel(ssm, y, observed, keep_moments=False)
-    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from,
-                 stop=stop_at_steady_state)
+    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from, stop=stop)
 
 
 def kalman_filter(
@@ -863,7 +879,12 @@ def kalman_filter(
 
     See :func:`log_likelihood` for the arguments.
     """
-    method = _check_method(method)
+    return _filter(ssm, jnp.asarray(y), _mask_or_none(observed), _check_method(method),
+                   _static_hint(steady_from))
+
+
+@functools.partial(jax.jit, static_argnames=("method", "steady_from"))
+def _filter(ssm, y, observed, method, steady_from):
     y, observed = _prepare(ssm, y, observed)
     if method == "sequential":
         out = _sequential(ssm, y, observed, keep_moments=True)
@@ -885,7 +906,12 @@ def kalman_smoother(
     The forward pass uses ``method``; the backward pass is the sequential RTS
     recursion ``G_k = P_k Phi_{k+1}^T (P^-_{k+1})^{-1}``.
     """
-    filt = kalman_filter(ssm, y, method=method)
+    return _smoother(ssm, jnp.asarray(y), _check_method(method))
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def _smoother(ssm, y, method):
+    filt = _filter(ssm, y, None, method, None)
     transitions, _ = _step_matrices(ssm)
 
     def step(carry, inputs):
