@@ -28,6 +28,8 @@ FIT_METHODS = ("nuts", "svi", "laplace", "map")
 BACKENDS = ("numpyro", "pymc")
 # NUTS gets a dense mass matrix by default up to this many unconstrained coordinates.
 DENSE_MASS_MAX_DIM = 40
+# draws per compiled call when mapping unconstrained draws back to every site
+_POSTPROCESS_CHUNK = 64
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -114,11 +116,12 @@ def auto_kalman_method(evaluations: int, series_steps: int) -> str:
 
 def expected_evaluations(method: str, num_chains: int, num_warmup: int, num_samples: int,
                          svi_steps: int) -> int:
-    """About how many likelihood-and-gradient calls a fit makes: NUTS ~10 leapfrog
-    steps per iteration, SVI one per step, MAP and Laplace a few hundred (L-BFGS and
-    the finite-difference Hessian)."""
+    """About how many likelihood-and-gradient calls a fit makes: NUTS ~30 leapfrog
+    steps per iteration (tree depth 4-5: hierarchical posteriors, short warm-ups),
+    SVI one per step, MAP and Laplace a few hundred (L-BFGS and the
+    finite-difference Hessian)."""
     if method == "nuts":
-        return 10 * num_chains * (num_warmup + num_samples)
+        return 30 * num_chains * (num_warmup + num_samples)
     if method == "svi":
         return svi_steps
     return 500
@@ -531,8 +534,19 @@ def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
     """Unconstrained draws (chain, draw, ...) -> every site incl. deterministics (numpy)."""
     leaves = jax.tree.leaves(unconstrained)
     chains, draws = leaves[0].shape[:2]
-    flat = jax.tree.map(lambda a: a.reshape((chains * draws, *a.shape[2:])), unconstrained)
-    out = jax.lax.map(jax.jit(info.postprocess_fn), flat, batch_size=64)
+    total = chains * draws
+    flat = jax.tree.map(lambda a: a.reshape((total, *a.shape[2:])), unconstrained)
+    # Fixed chunks of draws through one compiled vmap, looped in Python; the last chunk
+    # is padded with copies of the last draw, so every chunk has the same shape.
+    chunk = min(_POSTPROCESS_CHUNK, total)
+    run = jax.jit(jax.vmap(info.postprocess_fn))
+    pieces = []
+    for start in range(0, total, chunk):
+        index = np.minimum(np.arange(start, start + chunk), total - 1)
+        keep = min(chunk, total - start)
+        out = run(jax.tree.map(lambda a, index=index: a[index], flat))
+        pieces.append(jax.tree.map(lambda a, keep=keep: np.asarray(a)[:keep], out))
+    out = jax.tree.map(lambda *a: np.concatenate(a), *pieces)
     return {k: np.asarray(v).reshape((chains, draws, *np.shape(v)[1:])) for k, v in out.items()}
 
 
