@@ -255,7 +255,8 @@ def fit(
     key = jax.random.key(seed)
     key_init, key_run, key_pred = jax.random.split(key, 3)
     start = time.perf_counter()
-    init_values, info, value_and_grad, mode = _start(problem, numpyro_model, key_init)
+    init_values = map_initial_values(problem)
+    info = _model_info(problem, numpyro_model, init_values, key_init)
     stats = {}
     if backend == "pymc":
         latent, stats = pymc_backend.sample(
@@ -275,6 +276,7 @@ def fit(
     elif method == "nuts":
         if chain_method is None:
             chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
+        _, _, value_and_grad = _flat_value_and_grad(info)
         inverse_mass = jnp.asarray(initial_inverse_mass(info, value_and_grad=value_and_grad))
         if dense_mass is None:
             # measured gain on single-level models; a hierarchy's funnel is not helped
@@ -318,8 +320,7 @@ def fit(
         stats = {"elbo_loss": np.asarray(result.losses)}
         settings = dict(svi_steps=svi_steps, num_samples=num_samples)
     else:
-        mode, hessian = _find_mode(info, hessian=method == "laplace",
-                                   value_and_grad=value_and_grad, mode=mode)
+        mode, hessian = _find_mode(info, hessian=method == "laplace")
         if method == "map":
             flat = mode[None]
             settings = {}
@@ -329,9 +330,9 @@ def fit(
                 mode, cov, size=num_samples, method="cholesky"
             )
             settings = dict(num_samples=num_samples)
-        _, unravel = jax.flatten_util.ravel_pytree(info.z)
+        _, unflatten = _flatten(info.z)
         samples = _postprocess(
-            info, jax.tree.map(lambda a: a[None], jax.vmap(unravel)(jnp.asarray(flat)))
+            info, jax.tree.map(lambda a: a[None], jax.vmap(unflatten)(jnp.asarray(flat)))
         )
     elapsed = time.perf_counter() - start
     from coregulation.inference.results import Fit
@@ -403,32 +404,6 @@ def map_initial_values(problem: Problem) -> dict:
     return values
 
 
-def _start(problem: Problem, numpyro_model, key):
-    """Initial values, model info, the potential's compiled value-and-gradient, and the
-    mode where it is already known.
-
-    With pooled parameters or covariate effects the start is the complete-pooling MAP
-    (:func:`map_initial_values`).  Without them the model's only latent sites are the
-    parameters themselves, so that MAP *is* the posterior mode: it is found directly with
-    the potential's own compiled value and gradient, which NUTS reuses (mass matrix,
-    start checks) and Laplace and MAP reuse (Hessian): one compiled Kalman program fewer.
-    """
-    design = problem.design
-    if design.pooled or design.covariate_names:
-        init_values = map_initial_values(problem)
-        info = _model_info(problem, numpyro_model, init_values, key)
-        return init_values, info, _flat_value_and_grad(info)[2], None
-    space = ParameterSpace(problem.model, problem.batch.scales)
-    init_values = {k: np.asarray(v) for k, v in space.prior_median().items()}
-    info = _model_info(problem, numpyro_model, init_values, key)
-    flat, unravel, value_and_grad = _flat_value_and_grad(info)
-    mode = _minimise(value_and_grad, np.asarray(flat))
-    info = dataclasses.replace(info, z=unravel(jnp.asarray(mode)))
-    constrained = info.constrain_fn(info.z)
-    init_values = {k: np.asarray(constrained[k]) for k in init_values}
-    return init_values, info, value_and_grad, mode
-
-
 def _jitter(key, z: dict, num_chains: int) -> dict:
     """``num_chains`` copies of unconstrained values ``z``, each perturbed by N(0, 0.1^2)."""
     leaves, treedef = jax.tree.flatten(z)
@@ -448,7 +423,6 @@ class ModelInfo:
     potential_fn: object
     postprocess_fn: object
     unconstrain_fn: object
-    constrain_fn: object  # unconstrained latent sites -> constrained (no likelihood)
 
 
 def _model_info(problem, numpyro_model, init_values, key) -> ModelInfo:
@@ -471,7 +445,6 @@ def _model_info(problem, numpyro_model, init_values, key) -> ModelInfo:
         postprocess_fn=lambda params: constrain_fn(numpyro_model, (), {}, params,
                                                    return_deterministic=True),
         unconstrain_fn=lambda values: unconstrain_fn(priors_only, (), {}, values),
-        constrain_fn=lambda params: constrain_fn(priors_only, (), {}, params),
     )
 
 
@@ -577,33 +550,38 @@ def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
     return {k: np.asarray(v).reshape((chains, draws, *np.shape(v)[1:])) for k, v in out.items()}
 
 
-def _minimise(value_and_grad, x0: np.ndarray):
-    """L-BFGS on a compiled ``value_and_grad`` of the potential; non-finite values are
-    walls.  Returns the best point (``x0`` if no finite value was found)."""
+def _flatten(z: dict):
+    names = sorted(z)
+    shapes = [jnp.shape(z[n]) for n in names]
+    sizes = [int(np.prod(s, dtype=int)) for s in shapes]
+
+    def unflatten(x):
+        out, offset = {}, 0
+        for n, s, k in zip(names, shapes, sizes):
+            out[n] = x[offset : offset + k].reshape(s)
+            offset += k
+        return out
+
+    flat = np.concatenate([np.asarray(z[n]).reshape(-1) for n in names]) if names else np.zeros(0)
+    return flat, unflatten
+
+
+def _find_mode(info: ModelInfo, hessian: bool):
+    """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian there."""
+    x0, unflatten = _flatten(info.z)
+    potential = jax.jit(jax.value_and_grad(lambda x: info.potential_fn(unflatten(x))))
 
     def fun(x):
-        v, g = value_and_grad(jnp.asarray(x))
+        v, g = potential(jnp.asarray(x))
         v = float(v)
         return (v, np.asarray(g)) if np.isfinite(v) else (1e300, np.zeros_like(x))
 
-    result = scipy.optimize.minimize(fun, np.asarray(x0, dtype=float), jac=True,
-                                     method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-12})
-    return result.x if np.isfinite(result.fun) and result.fun < 1e299 else np.asarray(x0)
-
-
-def _find_mode(info: ModelInfo, hessian: bool, value_and_grad=None, mode=None):
-    """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian there.
-
-    ``value_and_grad``: the potential's compiled value and gradient on the flat vector
-    (:func:`_flat_value_and_grad`), if already built; ``mode``: the mode, if already found.
-    """
-    x0, _, built = _flat_value_and_grad(info)
-    value_and_grad = built if value_and_grad is None else value_and_grad
-    if mode is None:
-        mode = _minimise(value_and_grad, np.asarray(x0))
+    result = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+                                     options={"maxiter": 5000, "ftol": 1e-12})
+    mode = result.x
     if not hessian:
         return mode, None
-    return mode, _fd_hessian(lambda x: value_and_grad(jnp.asarray(x))[1], mode)
+    return mode, _fd_hessian(lambda x: potential(jnp.asarray(x))[1], mode)
 
 
 def _inverse_psd(hessian):
