@@ -100,7 +100,7 @@ def build_problem(
     return Problem(model, data, batch, design, ll, kalman)
 
 
-# Measured (benchmarks/RESULTS.md, "Kalman method of a fit"): the batched ``fast``
+# Measured (benchmarks/RESULTS.md, "Kalman method of a whole fit"): the batched ``fast``
 # likelihood costs ~0.6 us per series-step for value and gradient against ~1.5 us for the
 # sequential filter, but each compiled program that contains it takes 1.5-5 s longer to
 # compile, and a fit compiles three to four.  Below this many evaluation-steps the
