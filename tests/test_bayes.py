@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions
@@ -158,6 +159,39 @@ def test_hierarchy_sites_and_pooled_values(small_study):
     # the unpooled parameter is shared by all series
     shared = trace["series__client_to_therapist"]["value"]
     np.testing.assert_allclose(shared, trace["client_to_therapist"]["value"])
+
+
+def test_population_sites_live_on_the_parameter_space_scale():
+    """numpyro's unconstrained image of each population value is ParameterSpace's (the
+    parameter's constraint, not the support its prior reports: ``period`` and
+    ``shock_corr`` have transformed priors), so with every unit at the population value
+    the potential is the complete-pooling posterior up to a constant."""
+    model = cr.CoupledOscillator()
+    ds, _ = cr.simulate_dyads(model, dict(MODEL_CASES["oscillator"][1]), jax.random.key(4),
+                              num_dyads=2, num_sessions=1, duration=80, sampling_interval=1.0)
+    problem = cr.inference.bayes.build_problem(
+        model, ds, pooling=Pooling(parameters=("position_therapist_to_client",)))
+    numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
+    _, info, value_and_grad = cr.inference.bayes._initialise(problem, numpyro_model,
+                                                             jax.random.key(0))
+    space = ParameterSpace(model, problem.batch.scales)
+    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
+
+    def pooled_objective(u):
+        ll = problem.batch_log_likelihood(space.constrain(u))
+        return -(float(jnp.sum(ll)) + float(space.log_prior_unconstrained(u)))
+
+    def potential(u):
+        z = dict(unravel(flat))
+        for name, part in zip(space.names, space._split(jnp.asarray(u))):
+            z[name] = part
+        return float(value_and_grad(jax.flatten_util.ravel_pytree(z)[0])[0])
+
+    u0 = np.concatenate([np.ravel(info.z[name]) for name in space.names])
+    rng = np.random.default_rng(0)
+    points = [u0] + [u0 + 0.2 * rng.standard_normal(u0.size) for _ in range(3)]
+    gaps = [potential(u) - pooled_objective(u) for u in points]
+    np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-8)
 
 
 def test_design_errors(small_study):

@@ -16,7 +16,7 @@ import xarray as xr
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import ParamInfo, initialize_model
 
 from coregulation import data as data_module
 from coregulation.inference.batch import SeriesBatch, build_batch_log_likelihood
@@ -255,8 +255,7 @@ def fit(
     key = jax.random.key(seed)
     key_init, key_run, key_pred = jax.random.split(key, 3)
     start = time.perf_counter()
-    init_values = map_initial_values(problem)
-    info = _model_info(problem, numpyro_model, init_values, key_init)
+    init_values, info, value_and_grad = _initialise(problem, numpyro_model, key_init)
     stats = {}
     if backend == "pymc":
         latent, stats = pymc_backend.sample(
@@ -276,7 +275,6 @@ def fit(
     elif method == "nuts":
         if chain_method is None:
             chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
-        _, _, value_and_grad = _flat_value_and_grad(info)
         inverse_mass = jnp.asarray(initial_inverse_mass(info, value_and_grad=value_and_grad))
         if dense_mass is None:
             # measured gain on single-level models; a hierarchy's funnel is not helped
@@ -290,6 +288,10 @@ def fit(
                     num_chains=num_chains, chain_method=chain_method,
                     progress_bar=progress_bar)
         inits = _valid_inits(info, _jitter(key_init, info.z, num_chains), value_and_grad)
+        # each start with its potential and gradient from the program compiled above:
+        # left to numpyro, they would be evaluated op by op under an eager vmap, which
+        # compiles the likelihood twice more
+        inits = _with_potential(inits, value_and_grad)
         if num_chains == 1:  # numpyro takes a single chain's values without a chain axis
             inits = jax.tree.map(lambda a: a[0], inits)
         mcmc.run(key_run, init_params=inits,
@@ -320,7 +322,8 @@ def fit(
         stats = {"elbo_loss": np.asarray(result.losses)}
         settings = dict(svi_steps=svi_steps, num_samples=num_samples)
     else:
-        mode, hessian = _find_mode(info, hessian=method == "laplace")
+        mode, hessian = _find_mode(info, hessian=method == "laplace",
+                                   value_and_grad=value_and_grad)
         if method == "map":
             flat = mode[None]
             settings = {}
@@ -330,7 +333,7 @@ def fit(
                 mode, cov, size=num_samples, method="cholesky"
             )
             settings = dict(num_samples=num_samples)
-        _, unflatten = _flatten(info.z)
+        _, unflatten = jax.flatten_util.ravel_pytree(info.z)
         samples = _postprocess(
             info, jax.tree.map(lambda a: a[None], jax.vmap(unflatten)(jnp.asarray(flat)))
         )
@@ -363,35 +366,22 @@ def map_initial_values(problem: Problem) -> dict:
     warm-up out of the far tails, where stationary covariances and
     discretisations are poorly conditioned.
     """
-    space = ParameterSpace(problem.model, problem.batch.scales)
-    ll = problem.batch_log_likelihood
+    numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
+    return _initialise(problem, numpyro_model, jax.random.key(0))[0]
 
-    def objective(vector):
-        return -(jnp.sum(ll(space.constrain(vector))) + space.log_prior_unconstrained(vector))
 
-    value_and_grad = jax.jit(jax.value_and_grad(objective))
-
-    def fun(x):
-        v, g = value_and_grad(jnp.asarray(x))
-        v, g = float(v), np.asarray(g)
-        if not np.isfinite(v):
-            return 1e300, np.zeros_like(g)
-        return v, g
-
-    start = np.asarray(space.unconstrain(space.prior_median()))
-    result = scipy.optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
-                                     options={"maxiter": 500})
-    best = result.x if np.isfinite(result.fun) and result.fun < 1e299 else start
-    values = {k: np.asarray(v) for k, v in space.constrain(jnp.asarray(best)).items()}
+def _hierarchy_start(problem: Problem, population: Mapping) -> dict:
+    """Start values of every latent site: ``population`` for the population values,
+    level scales 0.1, and every unit at the population value (standardised and
+    centred effects and covariate slopes 0; left to numpyro's default they would start
+    at random values in (-2, 2), far into the tails of a level whose scale starts at 0.1)."""
+    values = {k: np.asarray(v) for k, v in population.items()}
     design = problem.design
     for p in design.table:
         if p.name not in design.pooled:
             continue
         for level in design.levels:
             values[f"{p.name}_sd_{level}"] = np.full(p.shape, 0.1)
-    # every unit at the population value: standardised and centred effects and
-    # covariate slopes at 0 (left to numpyro's default they would start at random
-    # values in (-2, 2), far into the tails of a level whose scale starts at 0.1)
     priors_only = build_numpyro_model(design, problem.batch_log_likelihood, likelihood=False)
     trace = numpyro.handlers.trace(numpyro.handlers.seed(priors_only, 0)).get_trace()
     for name, site in trace.items():
@@ -402,6 +392,50 @@ def map_initial_values(problem: Problem) -> dict:
         else:
             values[name] = np.zeros(np.shape(site["value"]))
     return values
+
+
+def _initialise(problem: Problem, numpyro_model, key):
+    """Start values (constrained, by site), the model info at them and the compiled
+    ``value_and_grad`` of the potential on the flat unconstrained vector.
+
+    The population values are the complete-pooling MAP (L-BFGS from the prior
+    medians); the hierarchy's sites stay at :func:`_hierarchy_start`.  Every unit then
+    carries the population value, so the potential restricted to the population
+    coordinates is the complete-pooling posterior up to a constant: the optimiser
+    runs on the same compiled program that NUTS (start checks, mass matrix) and
+    Laplace/MAP (mode, Hessian) use, instead of compiling a likelihood of its own.
+    """
+    space = ParameterSpace(problem.model, problem.batch.scales)
+    values = _hierarchy_start(problem, space.prior_median())
+    info = _model_info(problem, numpyro_model, values, key)
+    base, unravel, value_and_grad = _flat_value_and_grad(info)
+    base = np.asarray(base, dtype=float)
+    positions = jax.tree.unflatten(
+        jax.tree.structure(info.z),
+        np.split(np.arange(base.size),
+                 np.cumsum([np.size(leaf) for leaf in jax.tree.leaves(info.z)])[:-1]),
+    )
+    population = np.concatenate([positions[name] for name in space.names])
+
+    def fun(x):
+        full = base.copy()
+        full[population] = x
+        v, g = value_and_grad(jnp.asarray(full))
+        v = float(v)
+        if not np.isfinite(v):
+            return 1e300, np.zeros_like(x)
+        return v, np.asarray(g)[population]
+
+    start = base[population]
+    result = scipy.optimize.minimize(fun, start, jac=True, method="L-BFGS-B",
+                                     options={"maxiter": 500})
+    best = result.x if np.isfinite(result.fun) and result.fun < 1e299 else start
+    full = base.copy()
+    full[population] = best
+    z = unravel(jnp.asarray(full))
+    for p in space.table:
+        values[p.name] = np.asarray(p.transform()(z[p.name]))
+    return values, dataclasses.replace(info, z=z), value_and_grad
 
 
 def _jitter(key, z: dict, num_chains: int) -> dict:
@@ -480,6 +514,19 @@ def _valid_inits(info: ModelInfo, inits: dict, value_and_grad=None) -> dict:
     )
 
 
+def _with_potential(inits: dict, value_and_grad) -> ParamInfo:
+    """Chain starts (chain, ...) as numpyro's ``ParamInfo``: values, potential energy
+    and its gradient, from the compiled flat ``value_and_grad`` of the potential."""
+    num_chains = jnp.shape(jax.tree.leaves(inits)[0])[0]
+    energies, grads = [], []
+    for c in range(num_chains):
+        flat, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a, c=c: a[c], inits))
+        value, grad = value_and_grad(flat)
+        energies.append(value)
+        grads.append(unravel(grad))
+    return ParamInfo(inits, jnp.stack(energies), jax.tree.map(lambda *g: jnp.stack(g), *grads))
+
+
 def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e-4,
                          value_and_grad=None) -> np.ndarray:
     """Diagonal inverse mass matrix from the curvature of the potential at the start.
@@ -550,33 +597,19 @@ def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
     return {k: np.asarray(v).reshape((chains, draws, *np.shape(v)[1:])) for k, v in out.items()}
 
 
-def _flatten(z: dict):
-    names = sorted(z)
-    shapes = [jnp.shape(z[n]) for n in names]
-    sizes = [int(np.prod(s, dtype=int)) for s in shapes]
-
-    def unflatten(x):
-        out, offset = {}, 0
-        for n, s, k in zip(names, shapes, sizes):
-            out[n] = x[offset : offset + k].reshape(s)
-            offset += k
-        return out
-
-    flat = np.concatenate([np.asarray(z[n]).reshape(-1) for n in names]) if names else np.zeros(0)
-    return flat, unflatten
-
-
-def _find_mode(info: ModelInfo, hessian: bool):
-    """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian there."""
-    x0, unflatten = _flatten(info.z)
-    potential = jax.jit(jax.value_and_grad(lambda x: info.potential_fn(unflatten(x))))
+def _find_mode(info: ModelInfo, hessian: bool, value_and_grad=None):
+    """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian
+    there, from ``info.z``; ``value_and_grad`` is :func:`_flat_value_and_grad`'s."""
+    x0, _, compiled = _flat_value_and_grad(info)
+    potential = compiled if value_and_grad is None else value_and_grad
 
     def fun(x):
         v, g = potential(jnp.asarray(x))
         v = float(v)
         return (v, np.asarray(g)) if np.isfinite(v) else (1e300, np.zeros_like(x))
 
-    result = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+    result = scipy.optimize.minimize(fun, np.asarray(x0, dtype=float), jac=True,
+                                     method="L-BFGS-B",
                                      options={"maxiter": 5000, "ftol": 1e-12})
     mode = result.x
     if not hessian:

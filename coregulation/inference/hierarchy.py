@@ -286,7 +286,8 @@ def build_numpyro_model(design: Design, batch_log_likelihood, likelihood: bool =
         for p in table:
             transform = p.transform()
             event = len(p.shape)
-            pop = numpyro.sample(p.name, p.prior.to_event(event) if event else p.prior)
+            prior = _OnConstraint(p.prior, p.constraint)
+            pop = numpyro.sample(p.name, prior.to_event(event) if event else prior)
             u_pop = transform.inv(pop)
             u_dyad = jnp.broadcast_to(u_pop, (num_dyads, *p.shape))
             u_series = jnp.broadcast_to(u_pop, (num_series, *p.shape))
@@ -322,6 +323,38 @@ def build_numpyro_model(design: Design, batch_log_likelihood, likelihood: bool =
         numpyro.factor("likelihood", jnp.sum(log_lik))
 
     return model
+
+
+class _OnConstraint(dist.Distribution):
+    """``base`` with its support declared as the parameter's ``constraint``.
+
+    numpyro samples a site on the unconstrained image of its distribution's support.
+    A prior built by transforming another (``shock_corr``: an affinely moved Beta;
+    ``period``: the exponential of a truncated normal) reports the transform's
+    codomain (the real line; the positive half-line) instead of its true support, so
+    the sampler would step outside it and meet a log-density of NaN or ``-inf``.
+    With the declared constraint every site lives on the same unconstrained scale as
+    :class:`~coregulation.ParameterSpace` (MAP, Laplace, the replicate fits).
+    """
+
+    arg_constraints = {}
+    pytree_data_fields = ("base",)
+    pytree_aux_fields = ("constraint",)
+
+    def __init__(self, base: dist.Distribution, constraint):
+        self.base = base
+        self.constraint = constraint
+        super().__init__(base.batch_shape, base.event_shape)
+
+    @property
+    def support(self):
+        return self.constraint
+
+    def sample(self, key, sample_shape=()):
+        return self.base.sample(key, sample_shape)
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
 
 
 def _level_effect(p: Parameter, level, n, pooling: Pooling, corr_effects):
