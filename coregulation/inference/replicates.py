@@ -125,7 +125,11 @@ def find_modes(log_density, data, start: np.ndarray, *, newton_steps: int = 8,
                                      options={"maxiter": maxiter, "ftol": 1e-14, "gtol": 1e-9,
                                               "maxcor": 20})
     x = result.x.reshape(num, k)
-    grad_fn = jax.jit(lambda t: value_and_grad(t)[1])
+    # the compiled value-and-gradient, not a new jit: that would compile the batched
+    # likelihood again on every call, with this chunk's data as constants
+    def grad_fn(thetas):
+        return value_and_grad(thetas)[1]
+
     for _ in range(newton_steps):  # damped Newton per replicate (blocks are independent)
         hess = _block_hessians(grad_fn, x, fd_step)
         (_, logp), g = value_and_grad(jnp.asarray(x))
