@@ -16,7 +16,7 @@ import xarray as xr
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import ParamInfo, initialize_model
+from numpyro.infer.util import ParamInfo
 
 from coregulation import data as data_module
 from coregulation.inference.batch import SeriesBatch, build_batch_log_likelihood
@@ -255,7 +255,7 @@ def fit(
     key = jax.random.key(seed)
     key_init, key_run, key_pred = jax.random.split(key, 3)
     start = time.perf_counter()
-    init_values, info, value_and_grad = _initialise(problem, numpyro_model, key_init)
+    init_values, info, value_and_grad = _initialise(problem, numpyro_model)
     stats = {}
     if backend == "pymc":
         latent, stats = pymc_backend.sample(
@@ -367,7 +367,7 @@ def map_initial_values(problem: Problem) -> dict:
     discretisations are poorly conditioned.
     """
     numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
-    return _initialise(problem, numpyro_model, jax.random.key(0))[0]
+    return _initialise(problem, numpyro_model)[0]
 
 
 def _hierarchy_start(problem: Problem, population: Mapping) -> dict:
@@ -383,18 +383,23 @@ def _hierarchy_start(problem: Problem, population: Mapping) -> dict:
         for level in design.levels:
             values[f"{p.name}_sd_{level}"] = np.full(p.shape, 0.1)
     priors_only = build_numpyro_model(design, problem.batch_log_likelihood, likelihood=False)
-    trace = numpyro.handlers.trace(numpyro.handlers.seed(priors_only, 0)).get_trace()
-    for name, site in trace.items():
-        if site["type"] != "sample" or name in values:
+
+    def sample_sites():
+        trace = numpyro.handlers.trace(numpyro.handlers.seed(priors_only, 0)).get_trace()
+        return {name: site["value"] for name, site in trace.items() if site["type"] == "sample"}
+
+    # only the sites' shapes are needed: trace abstractly, nothing is drawn or compiled
+    for name, shape in jax.eval_shape(sample_sites).items():
+        if name in values:
             continue
         if name == "dyad_corr_chol":
-            values[name] = np.eye(site["value"].shape[-1])
+            values[name] = np.eye(shape.shape[-1])
         else:
-            values[name] = np.zeros(np.shape(site["value"]))
+            values[name] = np.zeros(shape.shape)
     return values
 
 
-def _initialise(problem: Problem, numpyro_model, key):
+def _initialise(problem: Problem, numpyro_model):
     """Start values (constrained, by site), the model info at them and the compiled
     ``value_and_grad`` of the potential on the flat unconstrained vector.
 
@@ -407,7 +412,7 @@ def _initialise(problem: Problem, numpyro_model, key):
     """
     space = ParameterSpace(problem.model, problem.batch.scales)
     values = _hierarchy_start(problem, space.prior_median())
-    info = _model_info(problem, numpyro_model, values, key)
+    info = _model_info(problem, numpyro_model, values)
     base, unravel, value_and_grad = _flat_value_and_grad(info)
     base = np.asarray(base, dtype=float)
     positions = jax.tree.unflatten(
@@ -459,20 +464,21 @@ class ModelInfo:
     unconstrain_fn: object
 
 
-def _model_info(problem, numpyro_model, init_values, key) -> ModelInfo:
+def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
     """Sites and transforms from a cheap trace of the model without its likelihood.
 
-    numpyro's ``initialize_model`` runs the whole model eagerly, op by op, which
-    for a batched Kalman likelihood costs many small compilations; the latent
-    sites do not depend on the data, so they are found on the likelihood-free
-    model and the potential is built by tracing under ``jit`` only.
+    ``init_values`` holds a value of every latent site (:func:`_hierarchy_start`).
+    numpyro's ``initialize_model`` would run the model and the gradient of its
+    potential eagerly, op by op; the latent sites do not depend on the data, so
+    their unconstrained values come from the likelihood-free model's transforms,
+    and the potential is only ever traced under ``jit``.
     """
     from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
     priors_only = build_numpyro_model(problem.design, problem.batch_log_likelihood,
                                       likelihood=False)
-    init = initialize_model(key, priors_only, init_strategy=init_to_value(values=init_values))
-    z = init.param_info.z
+    z = unconstrain_fn(priors_only, (), {},
+                       {k: jnp.asarray(v, dtype=float) for k, v in init_values.items()})
     return ModelInfo(
         z=z,
         potential_fn=lambda params: potential_energy(numpyro_model, (), {}, params),
