@@ -312,7 +312,12 @@ def fit(
                         chain_method=chain_method, target_accept=target_accept,
                         max_tree_depth=max_tree_depth, dense_mass=dense_mass)
     elif method == "svi":
-        guide = AutoNormal(numpyro_model, init_loc_fn=init_to_value(values=init_values))
+        # The guide is set up on the likelihood-free model: the same latent sites and
+        # supports, without numpyro running the Kalman likelihood eagerly (op by op,
+        # with its gradient) to initialise the guide and to constrain its draws.
+        priors_only = build_numpyro_model(problem.design, problem.batch_log_likelihood,
+                                          likelihood=False)
+        guide = AutoNormal(priors_only, init_loc_fn=init_to_value(values=init_values))
         svi = SVI(numpyro_model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
         result = svi.run(key_run, svi_steps, progress_bar=progress_bar)
         keys = jax.random.split(key_pred, num_samples)
