@@ -180,6 +180,16 @@ def _block_hessians(grad_fn, x: np.ndarray, step: float) -> np.ndarray:
     return 0.5 * (out + np.swapaxes(out, 1, 2))
 
 
+def replicate_kalman_method(batch: SeriesBatch, method: str, num_chains: int,
+                            num_warmup: int, num_samples: int) -> str:
+    """``kalman="auto"`` for :func:`fit_replicates`: the expected likelihood evaluations
+    of every replicate against the batch's steps, by the rule of ``fit``."""
+    from coregulation.inference.bayes import auto_kalman_method, expected_evaluations
+
+    evaluations = expected_evaluations(method, num_chains, num_warmup, num_samples, 0)
+    return auto_kalman_method(evaluations * batch.num_series, int(batch.y.shape[1]))
+
+
 def fit_replicates(
     model: Model,
     batch: SeriesBatch,
@@ -193,7 +203,7 @@ def fit_replicates(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     start: np.ndarray | None = None,
-    kalman: str = "sequential",
+    kalman: str = "auto",
     nuts_batch: str | None = None,
 ) -> ReplicateFits:
     """Fit every series of ``batch`` on its own, all in one compiled program.
@@ -211,6 +221,11 @@ def fit_replicates(
         Seeds every random path (Laplace draws, NUTS keys and jitter).
     start
         Unconstrained starting points (replicate, k); default the prior median.
+    kalman
+        Kalman method of the likelihood; ``"auto"`` weighs the expected likelihood
+        evaluations of all replicates against the compile cost, as ``fit`` does
+        (:func:`~coregulation.inference.bayes.auto_kalman_method`): ``"fast"`` for
+        NUTS on series of hundreds of steps, ``"sequential"`` for Laplace and MAP.
     nuts_batch
         ``"replicates"``: NUTS runs every chain of every replicate in one ``vmap``
         (one program; each iteration costs the longest trajectory of the batch, which
@@ -229,6 +244,8 @@ def fit_replicates(
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    if kalman == "auto":
+        kalman = replicate_kalman_method(batch, method, num_chains, num_warmup, num_samples)
     key = _cache_key(model, batch, scales, kalman, "density")
     if key not in _COMPILED:
         log_density, _, space = build_replicate_density(model, batch, scales, kalman)
