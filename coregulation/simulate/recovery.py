@@ -198,7 +198,7 @@ def run_chunk(study_spec: dict, cell_index: int, start: int, stop: int, out=None
 
 
 def _fit_single(study, cell, model, space, replicates, truths, cell_index):
-    from coregulation.inference.batch import SeriesBatch, build_series_log_likelihood
+    from coregulation.inference.batch import SeriesBatch
     from coregulation.inference.replicates import fit_replicates
 
     series = [simulate_replicate(study, cell_index, r, t) for r, t in zip(replicates, truths)]
@@ -230,9 +230,8 @@ def _fit_single(study, cell, model, space, replicates, truths, cell_index):
     }
     summary = _summarise(space, model, replicates, flat_draws, truth, health)
     if study.kind == "sbc":
-        series_ll, data = build_series_log_likelihood(model, batch)
         summary = _add_ranks(summary, space, model, flat_draws, draws, truth, truths,
-                             series_ll, data)
+                             *_rank_log_likelihoods(model, batch, space))
     return summary
 
 
@@ -297,7 +296,27 @@ def _summary_dataset(replicates, names, values, true, difference, health) -> xr.
     return ds
 
 
-def _add_ranks(summary, space, model, flat_draws, unconstrained, truth, truths, series_ll, data):
+def _rank_log_likelihoods(model, batch, space):
+    """Compiled log-likelihoods of draws (replicate, draw, k) and of truths (replicate, k),
+    with the replicates' data as arguments, and those data.  Built once per model,
+    scales and steps (like the fits' programs), not once per chunk."""
+    from coregulation.inference.batch import build_series_log_likelihood
+    from coregulation.inference.replicates import _COMPILED, _cache_key
+
+    key = _cache_key(model, batch, space.scales, "auto", "ranks")
+    series_ll, data = build_series_log_likelihood(model, batch)
+    if key not in _COMPILED:
+        def loglik(theta_flat, *data_r):
+            return series_ll(space.constrain(theta_flat), *data_r)
+
+        per_draw = jax.vmap(loglik, in_axes=(0,) + (None,) * len(data))
+        _COMPILED[key] = (jax.jit(jax.vmap(per_draw, in_axes=(0,) + (0,) * len(data))),
+                          jax.jit(jax.vmap(loglik)))
+    return (*_COMPILED[key], data)
+
+
+def _add_ranks(summary, space, model, flat_draws, unconstrained, truth, truths,
+               draw_log_likelihood, true_log_likelihood, data):
     """Ranks of the truth among ``RANK_DRAWS`` evenly thinned draws (SBC)."""
     num, total, _ = flat_draws.shape
     keep = np.linspace(0, total - 1, min(RANK_DRAWS, total)).astype(int)
@@ -311,13 +330,8 @@ def _add_ranks(summary, space, model, flat_draws, unconstrained, truth, truths, 
         (diff_draws < (truth[:, i] - truth[:, j])[:, None]).sum(axis=1)[:, None],
     ], axis=-1)
 
-    def loglik(theta_flat, *data_r):
-        return series_ll(space.constrain(theta_flat), *data_r)
-
-    draw_ll = jax.jit(jax.vmap(jax.vmap(loglik, in_axes=(0,) + (None,) * len(data)),
-                               in_axes=(0,) + (0,) * len(data)))(
-        jnp.asarray(unconstrained[:, keep]), *data)
-    true_ll = jax.jit(jax.vmap(loglik))(
+    draw_ll = draw_log_likelihood(jnp.asarray(unconstrained[:, keep]), *data)
+    true_ll = true_log_likelihood(
         jnp.asarray(np.stack([np.asarray(space.unconstrain(t)) for t in truths])), *data)
     ll_rank = (np.asarray(draw_ll) < np.asarray(true_ll)[:, None]).sum(axis=1)
     summary["rank"] = (("replicate", "rank_quantity"),
