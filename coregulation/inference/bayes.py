@@ -287,11 +287,7 @@ def fit(
         mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method=chain_method,
                     progress_bar=progress_bar)
-        inits = _valid_inits(info, _jitter(key_init, info.z, num_chains), value_and_grad)
-        # each start with its potential and gradient from the program compiled above:
-        # left to numpyro, they would be evaluated op by op under an eager vmap, which
-        # compiles the likelihood twice more
-        inits = _with_potential(inits, value_and_grad)
+        inits = _chain_starts(info, _jitter(key_init, info.z, num_chains), value_and_grad)
         if num_chains == 1:  # numpyro takes a single chain's values without a chain axis
             inits = jax.tree.map(lambda a: a[0], inits)
         mcmc.run(key_run, init_params=inits,
@@ -420,12 +416,9 @@ def _initialise(problem: Problem, numpyro_model):
     info = _model_info(problem, numpyro_model, values)
     base, unravel, value_and_grad = _flat_value_and_grad(info)
     base = np.asarray(base, dtype=float)
-    positions = jax.tree.unflatten(
-        jax.tree.structure(info.z),
-        np.split(np.arange(base.size),
-                 np.cumsum([np.size(leaf) for leaf in jax.tree.leaves(info.z)])[:-1]),
-    )
-    population = np.concatenate([positions[name] for name in space.names])
+    positions = unravel(jnp.arange(base.size, dtype=float))  # each site's flat indices
+    population = np.concatenate([np.ravel(positions[name]).astype(int)
+                                 for name in space.names])
 
     def fun(x):
         full = base.copy()
@@ -501,41 +494,35 @@ def _flat_value_and_grad(info: ModelInfo):
     return flat, unravel, jax.jit(jax.value_and_grad(lambda x: info.potential_fn(unravel(x))))
 
 
-def _valid_inits(info: ModelInfo, inits: dict, value_and_grad=None) -> dict:
-    """Replace any jittered chain start with a non-finite potential by the unjittered one."""
-    if value_and_grad is None:
-        value_and_grad = _flat_value_and_grad(info)[2]
+def _chain_starts(info: ModelInfo, inits: dict, value_and_grad) -> ParamInfo:
+    """Chain starts (chain, ...) as numpyro's ``ParamInfo``: values, potential energy and
+    its gradient, each chain evaluated once by the compiled flat ``value_and_grad`` (left
+    to numpyro, they would be evaluated op by op under an eager ``vmap``, which compiles
+    the likelihood twice more).  A jittered start whose potential is not finite is
+    replaced by the unjittered one."""
     num_chains = jnp.shape(jax.tree.leaves(inits)[0])[0]
-
-    def energy(values):
-        return float(value_and_grad(jax.flatten_util.ravel_pytree(values)[0])[0])
-
-    ok = np.array([np.isfinite(energy(jax.tree.map(lambda a, c=c: a[c], inits)))
-                   for c in range(num_chains)])
-    if ok.all():
-        return inits
-    if not np.isfinite(energy(info.z)):
-        raise FloatingPointError(
-            "the log-density is not finite at the initial values from the MAP fit; check the "
-            "data for extreme values or trends, or pass priors= that fit the data's scale."
-        )
-    return jax.tree.map(
-        lambda a, z0: jnp.where(ok.reshape((-1,) + (1,) * jnp.ndim(z0)), a, z0[None]),
-        inits, info.z,
-    )
-
-
-def _with_potential(inits: dict, value_and_grad) -> ParamInfo:
-    """Chain starts (chain, ...) as numpyro's ``ParamInfo``: values, potential energy
-    and its gradient, from the compiled flat ``value_and_grad`` of the potential."""
-    num_chains = jnp.shape(jax.tree.leaves(inits)[0])[0]
-    energies, grads = [], []
+    centre, unravel = jax.flatten_util.ravel_pytree(info.z)
+    values, energies, grads = [], [], []
     for c in range(num_chains):
-        flat, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a, c=c: a[c], inits))
-        value, grad = value_and_grad(flat)
-        energies.append(value)
+        start = jax.tree.map(lambda a, c=c: a[c], inits)
+        energy, grad = value_and_grad(jax.flatten_util.ravel_pytree(start)[0])
+        if not np.isfinite(float(energy)):
+            start = info.z
+            energy, grad = value_and_grad(centre)
+            if not np.isfinite(float(energy)):
+                raise FloatingPointError(
+                    "the log-density is not finite at the initial values from the MAP fit; "
+                    "check the data for extreme values or trends, or pass priors= that fit "
+                    "the data's scale."
+                )
+        values.append(start)
+        energies.append(energy)
         grads.append(unravel(grad))
-    return ParamInfo(inits, jnp.stack(energies), jax.tree.map(lambda *g: jnp.stack(g), *grads))
+
+    def stack(parts):
+        return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *parts)
+
+    return ParamInfo(stack(values), jnp.stack(energies), stack(grads))
 
 
 def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e-4,
@@ -611,8 +598,8 @@ def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
 def _find_mode(info: ModelInfo, hessian: bool, value_and_grad=None):
     """Posterior mode on the unconstrained scale (L-BFGS) and optionally the Hessian
     there, from ``info.z``; ``value_and_grad`` is :func:`_flat_value_and_grad`'s."""
-    x0, _, compiled = _flat_value_and_grad(info)
-    potential = compiled if value_and_grad is None else value_and_grad
+    x0 = jax.flatten_util.ravel_pytree(info.z)[0]
+    potential = _flat_value_and_grad(info)[2] if value_and_grad is None else value_and_grad
 
     def fun(x):
         v, g = potential(jnp.asarray(x))

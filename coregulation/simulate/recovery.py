@@ -301,18 +301,19 @@ def _rank_log_likelihoods(model, batch, space):
     with the replicates' data as arguments, and those data.  Built once per model,
     scales and steps (like the fits' programs), not once per chunk."""
     from coregulation.inference.batch import build_series_log_likelihood
-    from coregulation.inference.replicates import _COMPILED, _cache_key
+    from coregulation.inference.replicates import _COMPILED, _cache_key, _data_of
 
     key = _cache_key(model, batch, space.scales, "auto", "ranks")
-    series_ll, data = build_series_log_likelihood(model, batch)
     if key not in _COMPILED:
+        series_ll, data = build_series_log_likelihood(model, batch)
+
         def loglik(theta_flat, *data_r):
             return series_ll(space.constrain(theta_flat), *data_r)
 
         per_draw = jax.vmap(loglik, in_axes=(0,) + (None,) * len(data))
         _COMPILED[key] = (jax.jit(jax.vmap(per_draw, in_axes=(0,) + (0,) * len(data))),
                           jax.jit(jax.vmap(loglik)))
-    return (*_COMPILED[key], data)
+    return (*_COMPILED[key], _data_of(batch))
 
 
 def _add_ranks(summary, space, model, flat_draws, unconstrained, truth, truths,
