@@ -64,6 +64,7 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0]),
+        "local_devices": jax.local_device_count(),
         "python": sys.version.split()[0],
         "versions": {n: version(n) for n in ("jax", "jaxlib", "numpy", "dynamax",
                                               "statsmodels", "coregulation")},

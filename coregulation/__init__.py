@@ -3,14 +3,45 @@
 Importing the package switches JAX to float64 (every likelihood here is float64).
 It warns if jaxlib is 0.10.0-0.10.2, whose batched CPU LAPACK kernels can deadlock
 (see README, "A note on JAX on CPU").
+
+If JAX has not started yet, importing the package also asks it for several CPU
+devices (``max(4, min(cores, 16))``; set ``COREGULATION_CPU_DEVICES`` to choose,
+``1`` to keep one), so that ``fit`` runs NUTS chains side by side on the cores
+(``chain_method="parallel"``).  A device count the user set (``XLA_FLAGS``,
+``jax_num_cpu_devices``) is left alone, and so is a JAX that is already running.
 """
 
+import os as _os
 import warnings as _warnings
 
 import jax as _jax
 import jaxlib as _jaxlib
 
 _jax.config.update("jax_enable_x64", True)
+
+
+def _ask_for_cpu_devices() -> None:
+    if ("xla_force_host_platform_device_count" in _os.environ.get("XLA_FLAGS", "")
+            or _jax.config.jax_num_cpu_devices != -1):
+        return
+    wanted = _os.environ.get("COREGULATION_CPU_DEVICES", "").strip()
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            _warnings.warn(
+                f"COREGULATION_CPU_DEVICES must be a whole number >= 1; got {wanted!r}. "
+                "JAX's CPU devices are left as they are.", RuntimeWarning, stacklevel=3,
+            )
+            return
+        count = int(wanted)
+    else:
+        count = max(4, min(_os.cpu_count() or 1, 16))
+    try:
+        _jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already runs: its devices can no longer change
+        pass
+
+
+_ask_for_cpu_devices()
 
 if _jaxlib.__version__.startswith("0.10."):
     _warnings.warn(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.flatten_util
@@ -58,6 +61,33 @@ def test_batch_matches_series_likelihood_ragged_and_missing(name, method):
         ref = cr.SeriesLikelihood.build(model, times, y, scales=batch.scales)
         np.testing.assert_allclose(values[k], ref.log_likelihood(_free(model, truth)),
                                    rtol=BATCH_RTOL)
+
+
+def test_one_series_build_for_unbatched_callers_matches_the_batched_build():
+    """What parallel chains evaluate (one series, no vmap, the fast tail stopping at the
+    steady state) == the vmapped build (itself checked against the one-series filter
+    above), value and gradient; missing values in the head; with the measurement error
+    300x the tail is far from its steady state after the first block (the continued
+    branch)."""
+    model, truth = cr.CoupledOscillator(), MODEL_CASES["oscillator"][1]
+    times = np.arange(1.0, 401.0)
+    y = np.array(cr.simulate_series(model, truth, times, jax.random.key(8)).y)
+    y[20:25, 1] = np.nan
+    batch = SeriesBatch.from_series([(times, y, None, None)])
+    batched = build_batch_log_likelihood(model, batch, method="fast")
+    single = build_batch_log_likelihood(model, batch, method="fast", unbatched_caller=True)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p: jnp.sum(single(p))))
+    value_and_grad_b = jax.jit(jax.value_and_grad(lambda p: jnp.sum(batched(p))))
+    assert jax.eval_shape(single, _free(model, truth)).shape == (1,)
+    for scale in (1.0, 300.0):
+        params = dict(_free(model, truth))
+        params["me_sd"] = params["me_sd"] * scale
+        value, grad = value_and_grad(params)
+        value_b, grad_b = value_and_grad_b(params)
+        np.testing.assert_allclose(value, value_b, rtol=BATCH_RTOL)
+        for key in params:
+            np.testing.assert_allclose(grad[key], grad_b[key], rtol=1e-8,
+                                       atol=1e-8 * float(jnp.max(jnp.abs(grad_b[key]))))
 
 
 def test_batch_per_series_parameters_and_errors(small_study):
@@ -195,6 +225,24 @@ def test_population_sites_live_on_the_parameter_space_scale():
     np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-8)
 
 
+def test_import_asks_jax_for_a_cpu_device_per_chain():
+    """Importing coregulation gives JAX several CPU devices (parallel chains), unless the
+    user chose a count or JAX already runs; COREGULATION_CPU_DEVICES sets it."""
+    def devices(env=None, before=""):
+        environ = {k: v for k, v in os.environ.items()
+                   if k not in ("XLA_FLAGS", "COREGULATION_CPU_DEVICES")}
+        out = subprocess.run(
+            [sys.executable, "-c",
+             before + "import coregulation, jax; print(jax.local_device_count())"],
+            env={**environ, **(env or {})}, capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert devices() == max(4, min(os.cpu_count(), 16))
+    assert devices({"COREGULATION_CPU_DEVICES": "2"}) == 2
+    assert devices({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) == 3
+    assert devices(before="import jax; jax.numpy.zeros(1); ") == 1
+
+
 def test_design_errors(small_study):
     model, ds = small_study
     batch = SeriesBatch.from_dataset(ds)
@@ -227,6 +275,8 @@ def test_fit_input_errors(small_study):
         cr.fit(model, ds, dense_mass="yes")
     with pytest.raises(ValueError, match="dense_mass sets the mass matrix"):
         cr.fit(model, ds, method="map", dense_mass=True)
+    with pytest.raises(ValueError, match="chain_method must be None"):
+        cr.fit(model, ds, chain_method="threads")
 
 
 @pytest.mark.slow  # statistical (NUTS against Laplace), 75 s
@@ -279,6 +329,9 @@ def test_nuts_recovers_sign_and_builds_inferencedata(nuts_fit, tmp_path):
     # pooled parameters: NUTS kept a diagonal mass matrix by default
     settings = json.loads(post.attrs["coregulation_settings"])
     assert settings["dense_mass"] is False and settings["num_chains"] == 2
+    # a device per chain (coregulation asked JAX for them on import): parallel chains
+    assert settings["chain_method"] == (
+        "parallel" if jax.local_device_count() >= 2 else "vectorized")
     assert post["therapist_to_client_by_dyad"].dims == ("chain", "draw", "dyad")
     assert post["coupling"].dims == ("chain", "draw", "source", "target")
     np.testing.assert_allclose(post["coupling"].sel(source="therapist", target="client"),

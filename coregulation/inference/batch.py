@@ -226,7 +226,7 @@ def _series_grid(batch: SeriesBatch, step_index, inputs) -> TimeGrid:
 
 
 def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
-                                per_step: bool = False):
+                                per_step: bool = False, stop_at_steady_state: bool = False):
     """One series' log-likelihood as a pure function of its parameters *and its data*.
 
     Returns ``(log_likelihood, data)``: ``data`` is a tuple of per-series arrays
@@ -235,6 +235,10 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
     its slice ``data_s``.  The series share the batch's distinct steps and its
     steady-state hint; anything else may differ, so one compiled function serves
     every replicate of a simulation study (``vmap`` over the data too).
+
+    ``stop_at_steady_state`` is the ``fast`` method's run-time switch
+    (:func:`~coregulation.inference.kalman.log_likelihood_terms`): it pays only where
+    nothing ``vmap``s the function, since under ``vmap`` both its branches run.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
@@ -257,10 +261,9 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
 
     def one(params, y_s, observed_s, valid_s, step_index_s, inputs_s):
         ssm = model.to_lgssm(params, _series_grid(batch, step_index_s, inputs_s))
-        # vmapped over series: the tail's run-time steady-state switch would run
-        # both its branches (kalman.log_likelihood_terms)
         terms = log_likelihood_terms(ssm, y_s, method=method, steady_from=steady,
-                                     observed=observed_s, stop_at_steady_state=False)
+                                     observed=observed_s,
+                                     stop_at_steady_state=stop_at_steady_state)
         if per_step:
             terms = jnp.where(valid_s, jnp.where(jnp.isnan(terms), -jnp.inf, terms), 0.0)
             if stationary:
@@ -280,7 +283,7 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
 
 
 def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
-                               per_step: bool = False):
+                               per_step: bool = False, unbatched_caller: bool = False):
     """A pure function ``params -> (num_series,)`` log-likelihoods, one per series.
 
     With ``per_step=True`` it returns ``(num_series, num_timesteps)``: the terms
@@ -291,8 +294,17 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
     by all series) or ``(num_series, *shape)`` (one value per series).  Series run
     through one ``vmap``; the result is ``-inf`` for a series whose covariance
     fails or, with a stationary initial state, whose dynamics are unstable.
+
+    ``unbatched_caller``: the caller evaluates the function one point at a time
+    (an optimiser, chains on their own devices), never under ``vmap``.  A batch of
+    one series then skips the ``vmap`` over series, and the ``fast`` filter stops
+    its covariance recursion once it reaches the steady state (a run-time branch
+    that ``vmap`` would turn into computing both sides).  Measured on one
+    oscillator series, T = 600: 0.47 against 0.83 ms per value and gradient.
     """
-    one, data = build_series_log_likelihood(model, batch, method, per_step)
+    single = unbatched_caller and batch.num_series == 1
+    one, data = build_series_log_likelihood(model, batch, method, per_step,
+                                            stop_at_steady_state=single)
     table = {p.name: p for p in model.parameter_table(batch.scales)}
 
     def batch_log_likelihood(params: Mapping[str, jax.Array]) -> jax.Array:
@@ -312,6 +324,9 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
                     f"({batch.num_series}, *{p.shape}) (per series); got {jnp.shape(params[name])}."
                 )
         free = {name: params[name] for name in table}
+        if single:
+            first = {n: (v if axes[n] is None else v[0]) for n, v in free.items()}
+            return one(first, *(d[0] for d in data))[None]
         return jax.vmap(one, in_axes=(axes, 0, 0, 0, 0, 0))(free, *data)
 
     return batch_log_likelihood

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping, Sequence
 
@@ -55,12 +56,17 @@ def build_problem(
     session_covariates=None,
     kalman: str = "auto",
     evaluations: int | None = None,
+    unbatched_sampler: bool = False,
 ) -> Problem:
     """Validate inputs and assemble the batch, the design and the batched likelihood.
 
     ``evaluations``: about how many times the fit will evaluate the likelihood and
     its gradient; with ``kalman="auto"`` it decides between the ``fast`` and the
-    ``sequential`` filter (:func:`auto_kalman_method`).
+    ``sequential`` filter (:func:`auto_kalman_method`).  ``unbatched_sampler``: the
+    sampler evaluates the likelihood one point at a time (not under ``vmap``); for
+    one series the likelihood is then built for such callers, and its ``fast``
+    filter stops its covariance recursion at the steady state
+    (:func:`~coregulation.inference.batch.build_batch_log_likelihood`).
     """
     if not isinstance(model, Model):
         raise TypeError(
@@ -96,7 +102,8 @@ def build_problem(
     design = build_design(model, batch, pooling, data, therapists, session_covariates)
     if kalman == "auto" and evaluations is not None:
         kalman = auto_kalman_method(evaluations, batch.num_series * batch.y.shape[1])
-    ll = build_batch_log_likelihood(model, batch, method=kalman)
+    ll = build_batch_log_likelihood(model, batch, method=kalman,
+                                    unbatched_caller=unbatched_sampler)
     return Problem(model, data, batch, design, ll, kalman)
 
 
@@ -174,8 +181,13 @@ def fit(
         Replacement priors by parameter name (numpyro distributions with the same
         support); they also set the population-level priors of pooled parameters.
     num_chains, num_warmup, num_samples, seed, target_accept, max_tree_depth
-        NUTS settings; ``chain_method`` defaults to ``"vectorized"`` (one vmapped
-        program for all chains, the cheapest on CPU) when there is one device.
+        NUTS settings.  ``chain_method`` (``"parallel"``, ``"vectorized"`` or
+        ``"sequential"``) defaults to ``"parallel"``, one chain per device, when JAX
+        has a device per chain (importing coregulation asks for several CPU devices,
+        see the package's docstring), and to ``"vectorized"`` (one vmapped program
+        for all chains) otherwise.  Measured on one oscillator dyad, T = 600, 4 x
+        (1000 + 1000) on 2 cores (benchmarks/RESULTS.md): parallel 45.8 s against
+        vectorised 75.7 s.
     dense_mass
         NumPyro NUTS with a dense (``True``) or diagonal (``False``) mass matrix.
         Default: dense for a model without pooled parameters (one dyad, or
@@ -237,6 +249,11 @@ def fit(
                              ("max_tree_depth", max_tree_depth, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    if chain_method not in (None, "vectorized", "parallel", "sequential"):
+        raise ValueError(
+            "chain_method must be None (choose), 'vectorized', 'parallel' or 'sequential'; "
+            f"got {chain_method!r}."
+        )
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1); got {target_accept}.")
     if dense_mass is not None and not isinstance(dense_mass, bool):
@@ -246,10 +263,22 @@ def fit(
             "dense_mass sets the mass matrix of NumPyro's NUTS; it needs method='nuts' and "
             f"backend='numpyro' (got method={method!r}, backend={backend!r})."
         )
+    if backend == "numpyro" and method == "nuts" and chain_method is None:
+        # one chain per device where there are enough (coregulation asks JAX for
+        # several CPU devices on import): chains then run on the cores in parallel,
+        # each through the unbatched likelihood, and none waits for another's tree
+        chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
     problem = build_problem(
         model, data, pooling=pooling, priors=priors, standardise=standardise,
         therapists=therapists, session_covariates=session_covariates, kalman=kalman,
         evaluations=expected_evaluations(method, num_chains, num_warmup, num_samples, svi_steps),
+        # Thousands of gradients one point at a time: chains on their own devices,
+        # PyMC's NUTS and nutpie (the MAP start shares their program).  Vectorised
+        # chains (ours, or numpyro's through PyMC) vmap the likelihood; optimisers
+        # alone make too few calls to repay the steady-state switch's compile time.
+        unbatched_sampler=method == "nuts" and not (
+            (backend == "numpyro" and chain_method == "vectorized")
+            or (backend == "pymc" and sampler == "numpyro")),
     )
     numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
     key = jax.random.key(seed)
@@ -273,8 +302,6 @@ def fit(
                         num_warmup=num_warmup, num_samples=num_samples,
                         target_accept=target_accept, max_tree_depth=max_tree_depth)
     elif method == "nuts":
-        if chain_method is None:
-            chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
         inverse_mass = jnp.asarray(initial_inverse_mass(info, value_and_grad=value_and_grad))
         if dense_mass is None:
             # measured gain on single-level models; a hierarchy's funnel is not helped
@@ -462,6 +489,12 @@ class ModelInfo:
     unconstrain_fn: object
 
 
+def _potential(numpyro_model, params):
+    from numpyro.infer.util import potential_energy
+
+    return potential_energy(numpyro_model, (), {}, params)
+
+
 def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
     """Sites and transforms from a cheap trace of the model without its likelihood.
 
@@ -471,7 +504,7 @@ def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
     their unconstrained values come from the likelihood-free model's transforms,
     and the potential is only ever traced under ``jit``.
     """
-    from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+    from numpyro.infer.util import constrain_fn, unconstrain_fn
 
     priors_only = build_numpyro_model(problem.design, problem.batch_log_likelihood,
                                       likelihood=False)
@@ -479,7 +512,7 @@ def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
                        {k: jnp.asarray(v, dtype=float) for k, v in init_values.items()})
     return ModelInfo(
         z=z,
-        potential_fn=lambda params: potential_energy(numpyro_model, (), {}, params),
+        potential_fn=functools.partial(_potential, numpyro_model),
         postprocess_fn=lambda params: constrain_fn(numpyro_model, (), {}, params,
                                                    return_deterministic=True),
         unconstrain_fn=lambda values: unconstrain_fn(priors_only, (), {}, values),
@@ -580,7 +613,9 @@ def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
     leaves = jax.tree.leaves(unconstrained)
     chains, draws = leaves[0].shape[:2]
     total = chains * draws
-    flat = jax.tree.map(lambda a: a.reshape((total, *a.shape[2:])), unconstrained)
+    # on the host first: parallel chains leave the draws spread over devices, and
+    # slicing chunks out of such arrays gathers across devices every time
+    flat = jax.tree.map(lambda a: np.asarray(a).reshape((total, *a.shape[2:])), unconstrained)
     # Fixed chunks of draws through one compiled vmap, looped in Python; the last chunk
     # is padded with copies of the last draw, so every chunk has the same shape.
     chunk = min(_POSTPROCESS_CHUNK, total)
