@@ -108,17 +108,25 @@ def test_batched_nuts_runs_and_reports_health_per_replicate():
     """Fast tier: the batched sampler's output structure; the statistical agreement
     with NumPyro's own NUTS is the slow test below."""
     model = cr.CTVAR()
-    times, ys, scales, _ = _replicates(model, 2, duration=60, seed=4)
+    times, ys, scales, _ = _replicates(model, 3, duration=60, seed=4)
     batch = SeriesBatch.from_series([(times, y, None, None) for y in ys])
-    fit = fit_replicates(model, batch, scales, method="nuts", num_chains=2, num_warmup=15,
-                         num_samples=10, seed=2)
+    settings = dict(method="nuts", num_chains=2, num_warmup=15, num_samples=10, seed=2)
+    # default: replicates spread over JAX's devices (several, asked for on import),
+    # the last group padded; the draws are those of one replicate after another
+    fit = fit_replicates(model, batch, scales, **settings)
+    assert jax.local_device_count() > 1
+    one_device = fit_replicates(model, batch, scales, devices=1, **settings)
+    np.testing.assert_allclose(fit.unconstrained, one_device.unconstrained, rtol=1e-9,
+                               atol=1e-12)
     _, _, space = build_replicate_density(model, batch, scales)
-    assert fit.unconstrained.shape[0] == 2 and fit.unconstrained.shape[-1] == space.size
+    assert fit.unconstrained.shape[0] == 3 and fit.unconstrained.shape[-1] == space.size
     assert fit.unconstrained[0].reshape(-1, space.size).shape[0] == 2 * 10
     assert np.all(np.isfinite(fit.unconstrained))
-    assert fit.stats["divergences"].shape == (2,) and fit.stats["max_rhat"].shape == (2,)
+    assert fit.stats["divergences"].shape == (3,) and fit.stats["max_rhat"].shape == (3,)
     with pytest.raises(ValueError, match="nuts_batch must be"):
         fit_replicates(model, batch, scales, method="nuts", nuts_batch="all")
+    with pytest.raises(ValueError, match="devices must be an integer from 1"):
+        fit_replicates(model, batch, scales, method="nuts", devices=0)
 
 
 def test_replicate_fits_pick_the_kalman_method_by_cost():

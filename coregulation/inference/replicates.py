@@ -205,6 +205,7 @@ def fit_replicates(
     start: np.ndarray | None = None,
     kalman: str = "auto",
     nuts_batch: str | None = None,
+    devices: int | None = None,
 ) -> ReplicateFits:
     """Fit every series of ``batch`` on its own, all in one compiled program.
 
@@ -233,6 +234,12 @@ def fit_replicates(
         replicate after replicate through the same compiled program (no lock-step
         waste across posteriors of different difficulty; better on CPU).  Default:
         ``"replicates"`` on GPU/TPU, ``"chains"`` on CPU.
+    devices
+        With ``nuts_batch="chains"``: over how many of JAX's local devices the
+        replicates are spread, one replicate per device at a time (default: all of
+        them; importing coregulation gives JAX several CPU devices, each run on its
+        own thread, so the replicates use every core).  ``1``: replicate after
+        replicate on one device.  The draws do not depend on it.
     """
     if method not in REPLICATE_METHODS:
         raise ValueError(f"method must be one of {REPLICATE_METHODS}; got {method!r}.")
@@ -240,6 +247,15 @@ def fit_replicates(
         nuts_batch = "chains" if jax.default_backend() == "cpu" else "replicates"
     if nuts_batch not in ("chains", "replicates"):
         raise ValueError(f"nuts_batch must be 'chains' or 'replicates'; got {nuts_batch!r}.")
+    available = jax.local_device_count()
+    if devices is None:
+        devices = available
+    if (not isinstance(devices, (int, np.integer)) or isinstance(devices, bool)
+            or not 1 <= devices <= available):
+        raise ValueError(
+            f"devices must be an integer from 1 to the {available} local JAX device(s); "
+            f"got {devices!r}."
+        )
     for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
@@ -277,7 +293,8 @@ def fit_replicates(
         unconstrained, stats = _nuts(log_density, data, mode, hess, rng, num_samples=num_samples,
                                      num_warmup=num_warmup, num_chains=num_chains,
                                      target_accept=target_accept, max_tree_depth=max_tree_depth,
-                                     cache=nuts_cache, nuts_batch=nuts_batch)
+                                     cache=nuts_cache, nuts_batch=nuts_batch,
+                                     devices=devices)
     flat = unconstrained.reshape(-1, space.size)
     constrained = jax.jit(jax.vmap(space.constrain))(jnp.asarray(flat))
     draws = {name: np.asarray(v).reshape(unconstrained.shape[:3] + np.shape(v)[1:])
@@ -286,7 +303,7 @@ def fit_replicates(
 
 
 def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_chains,
-          target_accept, max_tree_depth, cache=None, nuts_batch="chains"):
+          target_accept, max_tree_depth, cache=None, nuts_batch="chains", devices=1):
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
     from numpyro.infer.hmc import hmc
 
@@ -329,6 +346,31 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
         repeated = tuple(jnp.repeat(d, num_chains, axis=0) for d in data)
         z, diverging, steps = cache[settings](keys, jnp.asarray(theta0), jnp.asarray(inv_mass),
                                               *repeated)
+    elif devices > 1 and num > 1:
+        # Replicates side by side on the devices (on CPU, each runs on its own
+        # thread): one pmapped program, each device's chains in lock-step, each
+        # device on its own replicate; a group of ``devices`` replicates per call,
+        # the last group padded with the last replicate (results dropped).
+        if ("pmap", devices, settings) not in cache:
+            cache[("pmap", devices, settings)] = jax.pmap(
+                jax.vmap(run_chain), devices=jax.local_devices()[:devices])
+        program = cache[("pmap", devices, settings)]
+        parts = []
+        for first in range(0, num, devices):
+            group = np.minimum(np.arange(first, first + devices), num - 1)
+            rows = (group[:, None] * num_chains + np.arange(num_chains)).ravel()
+
+            def grouped(a, rows=rows):
+                return a[rows].reshape((devices, num_chains, *a.shape[1:]))
+
+            own = tuple(jnp.repeat(d[group], num_chains, axis=0) for d in data)
+            out = program(grouped(keys), grouped(jnp.asarray(theta0)),
+                          grouped(jnp.asarray(inv_mass)),
+                          *(d.reshape((devices, num_chains, *d.shape[1:])) for d in own))
+            keep = min(devices, num - first)
+            parts.append(tuple(np.asarray(a)[:keep].reshape((keep * num_chains, *a.shape[2:]))
+                               for a in out))
+        z, diverging, steps = (np.concatenate([p[i] for p in parts]) for i in range(3))
     else:  # one compiled program (chains in lock-step), replicate after replicate
         parts = []
         for r in range(num):
