@@ -150,7 +150,8 @@ def run_dynamax(model, ds, pooling, settings, seed):
                 chain_method="parallel" if jax.local_device_count() >= chains else "vectorized",
                 progress_bar=False)
     mcmc.run(jax.random.key(seed), extra_fields=("diverging",))
-    samples = mcmc.get_samples(group_by_chain=True)
+    # parallel chains return before the draws exist: wait for them before the clock stops
+    samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
     wall = time.perf_counter() - start
     names = [n for n in samples if not n.startswith(("series__", "dyad__", "log_lik"))
              and n != "dyad_corr_chol"]

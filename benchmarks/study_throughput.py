@@ -11,7 +11,8 @@ settings, wall time including compilation:
   for scale only, ``--tools laplace``);
 * ``simuk``: simuk's SBC loop (one NumPyro MCMC per simulated dataset) over the
   same model written as a NumPyro model whose observation is a distribution with
-  our exact Kalman log-likelihood and our exact simulator; only its throughput is
+  our exact Kalman log-likelihood (its default method) and our exact simulator,
+  chains in parallel on the CPU devices as ours; only its throughput is
   compared (simuk draws from the untruncated prior, so some of its datasets come
   from unstable systems: those start at 0 with unit covariance and are clipped, see
   ``_KalmanSeries``, and their posteriors are hard for NUTS).
@@ -29,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -132,19 +134,22 @@ def simuk_loop(args) -> dict | None:
 
         def log_prob(self, value):
             value = jnp.asarray(value)
-            ll = log_likelihood(model.to_lgssm(self.params, grid), value, method="sequential")
+            ll = log_likelihood(model.to_lgssm(self.params, grid), value)  # method "auto"
             return jnp.where(model.is_stable(self.params) & jnp.isfinite(ll), ll, -jnp.inf)
 
     def numpyro_model(y=None):
         params = {p.name: numpyro.sample(p.name, p.prior) for p in table}
         numpyro.sample("y", _KalmanSeries(params), obs=y)
 
+    # chains on their own CPU devices, as ours (the process has them: coregulation asked
+    # JAX for them on import; numpyro.set_host_device_count is a NumPyro user's way)
+    chain_method = "parallel" if jax.local_device_count() >= args.chains else "sequential"
     # NumPyro's default uniform start finds no finite density for these models: start at
     # the prior median, as a user would
     sbc = simuk.SBC(NUTS(numpyro_model, init_strategy=init_to_median),
                     num_simulations=args.replicates, data_dir={"y": np.zeros((times.size, 2))},
                     sample_kwargs={"num_warmup": args.warmup, "num_samples": args.samples,
-                                   "num_chains": args.chains, "chain_method": "sequential",
+                                   "num_chains": args.chains, "chain_method": chain_method,
                                    "progress_bar": False},
                     seed=3)
     start = time.perf_counter()

@@ -43,6 +43,14 @@ class Problem:
     design: Design
     batch_log_likelihood: object
     kalman: str
+    # The likelihood of the start search (MAP, chain starts, initial mass matrix): a
+    # few hundred evaluations, so with ``kalman="auto"`` the filter that is cheaper
+    # to compile for that many (``None``: ``batch_log_likelihood`` itself).
+    start_log_likelihood: object = None
+
+    def __post_init__(self):
+        if self.start_log_likelihood is None:
+            object.__setattr__(self, "start_log_likelihood", self.batch_log_likelihood)
 
 
 def build_problem(
@@ -100,11 +108,20 @@ def build_problem(
     if pooling is None:
         pooling = Pooling(levels=("dyad",) if np.unique(batch.dyad_index).size > 1 else ())
     design = build_design(model, batch, pooling, data, therapists, session_covariates)
+    requested = kalman
+    series_steps = batch.num_series * batch.y.shape[1]
     if kalman == "auto" and evaluations is not None:
-        kalman = auto_kalman_method(evaluations, batch.num_series * batch.y.shape[1])
+        kalman = auto_kalman_method(evaluations, series_steps)
     ll = build_batch_log_likelihood(model, batch, method=kalman,
                                     unbatched_caller=unbatched_sampler)
-    return Problem(model, data, batch, design, ll, kalman)
+    start_ll = None
+    if requested == "auto" and evaluations is not None:
+        start_kalman = auto_kalman_method(expected_evaluations("map", 1, 0, 1, 0), series_steps)
+        if start_kalman != kalman:
+            # measured on one oscillator dyad, T = 600: the MAP start on the sequential
+            # filter compiles in 2.1 s against 5.6 s (and runs its ~200 calls in ~1 s)
+            start_ll = build_batch_log_likelihood(model, batch, method=start_kalman)
+    return Problem(model, data, batch, design, ll, kalman, start_ll)
 
 
 # Measured (benchmarks/RESULTS.md, "Kalman method of a whole fit"): the batched ``fast``
@@ -317,11 +334,13 @@ def fit(
         inits = _chain_starts(info, _jitter(key_init, info.z, num_chains), value_and_grad)
         if num_chains == 1:  # numpyro takes a single chain's values without a chain axis
             inits = jax.tree.map(lambda a: a[0], inits)
+        # compiled on the other core while the sampler's program compiles
+        post_program = _compile_in_background(_postprocess_lowered(info, num_chains * num_samples))
         mcmc.run(key_run, init_params=inits,
                  extra_fields=("diverging", "num_steps", "accept_prob", "energy",
                                "potential_energy"))
         unconstrained = mcmc.get_samples(group_by_chain=True)
-        samples = _postprocess(info, unconstrained)
+        samples = _postprocess(info, unconstrained, post_program)
         extra = mcmc.get_extra_fields(group_by_chain=True)
         stats = {
             "diverging": np.asarray(extra["diverging"]),
@@ -429,7 +448,9 @@ def _hierarchy_start(problem: Problem, population: Mapping) -> dict:
 
 def _initialise(problem: Problem, numpyro_model):
     """Start values (constrained, by site), the model info at them and the compiled
-    ``value_and_grad`` of the potential on the flat unconstrained vector.
+    ``value_and_grad`` of the potential on the flat unconstrained vector (with
+    ``problem.start_log_likelihood``: the same values as ``info.potential_fn``, the
+    sampler's, possibly by another Kalman method).
 
     The population values are the complete-pooling MAP (L-BFGS from the prior
     medians); the hierarchy's sites stay at :func:`_hierarchy_start`.  Every unit then
@@ -441,7 +462,12 @@ def _initialise(problem: Problem, numpyro_model):
     space = ParameterSpace(problem.model, problem.batch.scales)
     values = _hierarchy_start(problem, space.prior_median())
     info = _model_info(problem, numpyro_model, values)
-    base, unravel, value_and_grad = _flat_value_and_grad(info)
+    start_info = info
+    if problem.start_log_likelihood is not problem.batch_log_likelihood:
+        start_model = build_numpyro_model(problem.design, problem.start_log_likelihood)
+        start_info = dataclasses.replace(info, potential_fn=functools.partial(_potential,
+                                                                              start_model))
+    base, unravel, value_and_grad = _flat_value_and_grad(start_info)
     base = np.asarray(base, dtype=float)
     positions = unravel(jnp.arange(base.size, dtype=float))  # each site's flat indices
     population = np.concatenate([np.ravel(positions[name]).astype(int)
@@ -468,6 +494,7 @@ def _initialise(problem: Problem, numpyro_model):
     return values, dataclasses.replace(info, z=z), value_and_grad
 
 
+@functools.partial(jax.jit, static_argnums=2)  # one program, not a compile per op and shape
 def _jitter(key, z: dict, num_chains: int) -> dict:
     """``num_chains`` copies of unconstrained values ``z``, each perturbed by N(0, 0.1^2)."""
     leaves, treedef = jax.tree.flatten(z)
@@ -608,8 +635,37 @@ def _unconstrain(info: ModelInfo, latent: dict) -> dict:
     return jax.vmap(info.unconstrain_fn)(latent)
 
 
-def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
-    """Unconstrained draws (chain, draw, ...) -> every site incl. deterministics (numpy)."""
+def _postprocess_lowered(info: ModelInfo, total: int):
+    """The post-processing of a chunk of draws (``total`` draws in all), traced and
+    lowered, ready for XLA to compile."""
+    chunk = min(_POSTPROCESS_CHUNK, total)
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((chunk, *jnp.shape(a)), jnp.result_type(a)),
+                          info.z)
+    return jax.jit(jax.vmap(info.postprocess_fn)).lower(shapes)
+
+
+def _compile_in_background(lowered):
+    """XLA-compile a lowered program on a worker thread; returns a future.
+
+    XLA compiles on one core: while the sampler's program compiles, the other core
+    can compile the next one.  Only the compile runs there: tracing stays on the
+    caller's thread, since numpyro's effect handlers live on one global stack that
+    two threads tracing models at once would share.  ``result()`` re-raises any
+    error of the compile.
+    """
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(lowered.compile)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _postprocess(info: ModelInfo, unconstrained: dict, program=None) -> dict:
+    """Unconstrained draws (chain, draw, ...) -> every site incl. deterministics (numpy).
+
+    ``program``: the compiled :func:`_postprocess_lowered` (or a future of it), if the
+    caller compiled it ahead of time."""
     leaves = jax.tree.leaves(unconstrained)
     chains, draws = leaves[0].shape[:2]
     total = chains * draws
@@ -619,7 +675,9 @@ def _postprocess(info: ModelInfo, unconstrained: dict) -> dict:
     # Fixed chunks of draws through one compiled vmap, looped in Python; the last chunk
     # is padded with copies of the last draw, so every chunk has the same shape.
     chunk = min(_POSTPROCESS_CHUNK, total)
-    run = jax.jit(jax.vmap(info.postprocess_fn))
+    if program is not None and hasattr(program, "result"):
+        program = program.result()
+    run = _postprocess_lowered(info, total).compile() if program is None else program
     pieces = []
     for start in range(0, total, chunk):
         index = np.minimum(np.arange(start, start + chunk), total - 1)
