@@ -434,6 +434,18 @@ def test_auto_kalman_method_weighs_evaluations_against_size():
     ds, _ = cr.simulate_dyads(model, CTVAR_TRUTH, jax.random.key(8), num_dyads=1, duration=60)
     explicit = build_problem(model, ds, kalman="fast", evaluations=laplace)
     assert explicit.kalman == "fast"
+    assert explicit.start_log_likelihood is explicit.batch_log_likelihood
+    # NUTS on one short series: the sampler compiles fast only if the run repays it,
+    # and the start search (a few hundred calls) takes the sequential filter; both
+    # give the same values
+    long, _ = cr.simulate_dyads(model, CTVAR_TRUTH, jax.random.key(8), num_dyads=1,
+                                duration=600)
+    sampled = build_problem(model, long, evaluations=nuts)
+    assert sampled.kalman == "fast"
+    assert sampled.start_log_likelihood is not sampled.batch_log_likelihood
+    free = _free(model, CTVAR_TRUTH)
+    np.testing.assert_allclose(sampled.start_log_likelihood(free),
+                               sampled.batch_log_likelihood(free), rtol=BATCH_RTOL)
 
 
 def test_cli_simulate_and_fit(tmp_path):
