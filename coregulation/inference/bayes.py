@@ -203,8 +203,8 @@ def fit(
         has a device per chain (importing coregulation asks for several CPU devices,
         see the package's docstring), and to ``"vectorized"`` (one vmapped program
         for all chains) otherwise.  Measured on one oscillator dyad, T = 600, 4 x
-        (1000 + 1000) on 2 cores (benchmarks/RESULTS.md): parallel 45.8 s against
-        vectorised 75.7 s.
+        (1000 + 1000) on 2 cores, the rest of the code the same: parallel 45.8 s
+        against vectorised 75.7 s (benchmarks/RESULTS.md).
     dense_mass
         NumPyro NUTS with a dense (``True``) or diagonal (``False``) mass matrix.
         Default: dense for a model without pooled parameters (one dyad, or
