@@ -111,10 +111,11 @@ def test_batched_nuts_runs_and_reports_health_per_replicate():
     times, ys, scales, _ = _replicates(model, 3, duration=60, seed=4)
     batch = SeriesBatch.from_series([(times, y, None, None) for y in ys])
     settings = dict(method="nuts", num_chains=2, num_warmup=15, num_samples=10, seed=2)
-    # default: replicates spread over JAX's devices (several, asked for on import),
-    # the last group padded; the draws are those of one replicate after another
-    fit = fit_replicates(model, batch, scales, **settings)
+    # replicates spread over JAX's devices (several, asked for on import): two
+    # devices for three replicates, so the last group is padded; the draws are those
+    # of one replicate after another
     assert jax.local_device_count() > 1
+    fit = fit_replicates(model, batch, scales, devices=2, **settings)
     one_device = fit_replicates(model, batch, scales, devices=1, **settings)
     np.testing.assert_allclose(fit.unconstrained, one_device.unconstrained, rtol=1e-9,
                                atol=1e-12)

@@ -346,11 +346,13 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
         repeated = tuple(jnp.repeat(d, num_chains, axis=0) for d in data)
         z, diverging, steps = cache[settings](keys, jnp.asarray(theta0), jnp.asarray(inv_mass),
                                               *repeated)
-    elif devices > 1 and num > 1:
+    elif min(devices, num) > 1:
         # Replicates side by side on the devices (on CPU, each runs on its own
         # thread): one pmapped program, each device's chains in lock-step, each
         # device on its own replicate; a group of ``devices`` replicates per call,
-        # the last group padded with the last replicate (results dropped).
+        # the last group padded with the last replicate (results dropped).  No more
+        # devices than replicates: a padded slot is wasted work.
+        devices = min(devices, num)
         if ("pmap", devices, settings) not in cache:
             cache[("pmap", devices, settings)] = jax.pmap(
                 jax.vmap(run_chain), devices=jax.local_devices()[:devices])
