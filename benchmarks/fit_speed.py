@@ -164,10 +164,10 @@ def oscillator_loglik_pytensor(v, y, dt):
     """Exact log-likelihood of the coupled oscillator in plain PyTensor (a user's own model).
 
     ``v`` maps parameter names to PyTensor scalars/vectors (constrained values), ``y``
-    is the (T, 2) complete series.  Same maths as ``CoupledOscillator.to_lgssm``:
-    drift from periods, damping ratios and couplings; exact discretisation by
-    ``expm`` and Van Loan; stationary initial state; then the textbook Kalman filter
-    in ``pytensor.scan``.  Returns (log-likelihood, stable flag).
+    is the (T, 2) complete series (an array or a PyTensor matrix).  Same maths as
+    ``CoupledOscillator.to_lgssm``: drift from periods, damping ratios and couplings;
+    exact discretisation by ``expm`` and Van Loan; stationary initial state; then the
+    textbook Kalman filter in ``pytensor.scan``.  Returns (log-likelihood, stable flag).
     """
     import pytensor
     import pytensor.tensor as pt
@@ -214,7 +214,7 @@ def oscillator_loglik_pytensor(v, y, dt):
         m_f, P_f = m + K @ e, P - K @ S @ K.T
         return Phi @ m_f, Phi @ P_f @ Phi.T + Q, ll
 
-    (_, _, terms), _ = pytensor.scan(step, sequences=[pt.constant(y)],
+    (_, _, terms), _ = pytensor.scan(step, sequences=[pt.as_tensor_variable(y)],
                                       outputs_info=[pt.zeros(4), P0, None],
                                       non_sequences=[Phi, Q, R, mu], strict=True)
     # Routh-Hurwitz on the characteristic polynomial, as CoupledOscillator.is_stable

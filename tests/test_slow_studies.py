@@ -3,8 +3,10 @@
 One dyad, T = 600 at 1 s, for the oscillator and the CT-VAR, 200 replicates each,
 batched fits.  Tolerances from Monte Carlo error: with 200 replicates the 95%
 coverage has an MC SE of 1.5 points, so [0.91, 0.99] is about +-2.7 SE; the SBC
-chi-square test is judged at p = 0.01 per quantity; the shared-drive false-positive
-rate of the directional decision must stay at or below 0.07.
+chi-square test is judged at p = 0.01 per quantity, and the NUTS fits of the SBC
+study must also cover their (prior-drawn) couplings at the 95% rate; the
+shared-drive false-positive rate of the directional decision must stay at or below
+0.07.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def test_sbc_ranks_are_uniform(model, tmp_path):
     results = run_study(study, tmp_path, progress=False)
     table = chi_square_uniformity(results, bins=20)
     assert (table["p_value"] > 0.01).all(), table.sort_values("p_value").head().to_string()
+    # the same NUTS fits: 95% intervals of the couplings cover truths drawn from the prior
+    metrics = recovery_metrics(results).isel(cell=0)
+    for name in study.build_model().coupling_names:
+        coverage = float(metrics["coverage_95"].sel(parameter=name))
+        assert 0.91 <= coverage <= 0.99, (name, coverage)
 
 
 def test_shared_drive_false_positive_direction_rate(tmp_path):

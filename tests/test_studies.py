@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ import xarray as xr
 import coregulation as cr
 from coregulation.inference.batch import SeriesBatch
 from coregulation.inference.replicates import (
+    build_hierarchical_replicate_density,
     build_replicate_density,
     fit_replicates,
     replicate_kalman_method,
@@ -102,6 +104,98 @@ def test_batched_modes_and_hessians_equal_independent_fits_of_each_replicate():
                                    atol=4 * np.sqrt(np.diag(np.linalg.inv(hessian)) / 4000).max())
         sd = np.sqrt(np.diag(np.linalg.inv(hessian)))
         np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.06)
+
+
+def _hierarchical_reference(model, ds, scales):
+    """``fit``'s hierarchical potential for one dataset, built the way ``fit`` builds it
+    (the batch's likelihood closes over its data; the sequential filter)."""
+    from numpyro.infer.util import potential_energy
+
+    from coregulation.inference.batch import build_batch_log_likelihood
+    from coregulation.inference.hierarchy import Pooling, build_design, build_numpyro_model
+
+    batch = SeriesBatch.from_dataset(ds, scales)
+    design = build_design(model, batch, Pooling(levels=("dyad",)), ds)
+    numpyro_model = build_numpyro_model(
+        design, build_batch_log_likelihood(model, batch, method="sequential"))
+    return lambda params: potential_energy(numpyro_model, (), {}, params)
+
+
+def test_hierarchical_replicates_score_each_replicate_with_its_own_data(tmp_path):
+    """Many-dyad cells: one batched program whose replicate r is fit's hierarchical
+    posterior of dataset r (value, gradient, and the batched modes against each
+    dataset's own optimum); the study path fits a cell's chunks through it."""
+    from coregulation.inference.replicates import _COMPILED, fit_hierarchical_replicates
+
+    model = cr.CTVAR()
+    truth = {"tau": np.array([5.0, 8.0]), "therapist_to_client": np.array(0.4),
+             "client_to_therapist": np.array(0.0), "mu": np.zeros(2),
+             "latent_sd": np.ones(2), "shock_corr": np.array(0.2), "me_sd": np.full(2, 0.3)}
+    datasets = [cr.simulate_dyads(model, truth, jax.random.key(30 + r), num_dyads=3,
+                                  duration=80, missing_rate=0.05 * r)[0] for r in range(3)]
+    scales = PriorScales(1.0, 80.0, 1.0)
+    log_density, data, start, _, _ = build_hierarchical_replicate_density(model, datasets, scales)
+    unravel = jax.flatten_util.ravel_pytree(
+        jax.tree.map(jnp.asarray, _structure(model, datasets[0], scales)))[1]
+    rng = np.random.default_rng(0)
+    fits = fit_hierarchical_replicates(model, datasets, scales, method="map")
+    assert fits.converged.all()
+    ours = jax.jit(jax.value_and_grad(lambda t, own: -log_density(t, *own)))
+    for r, ds in enumerate(datasets):
+        reference = _hierarchical_reference(model, ds, scales)
+        value_and_grad = jax.jit(jax.value_and_grad(lambda t, f=reference: f(unravel(t))))
+        theta = jnp.asarray(start + 0.1 * rng.standard_normal(start.size))
+        value, grad = ours(theta, tuple(d[r] for d in data))
+        ref_value, ref_grad = value_and_grad(theta)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-9)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-6, atol=1e-6)
+        if r == 1:
+            continue
+        # the batched L-BFGS reaches each dataset's own optimum (scipy on fit's potential)
+        result = scipy.optimize.minimize(
+            lambda x: tuple(np.asarray(a, float) for a in value_and_grad(jnp.asarray(x))),
+            start, jac=True, method="L-BFGS-B", options={"maxiter": 3000, "gtol": 1e-9})
+        assert float(value_and_grad(jnp.asarray(fits.mode[r]))[0]) <= result.fun + 1e-6
+        np.testing.assert_allclose(fits.draws["therapist_to_client"][r, 0, 0],
+                                   _population(model, ds, scales, result.x)["therapist_to_client"],
+                                   atol=2e-3)
+    # a study's many-dyad cell: every chunk through the same compiled programs
+    before = {k for k in _COMPILED if k[0] == "hierarchical"}
+    study = Study(name="dyads", model="ctvar", method="map", replicates=4, seed=2, chunk=2,
+                  truth={"tau": [5.0, 8.0]},
+                  grid={"coupling": ["therapist_led"], "coupling_size": [0.4],
+                        "num_dyads": [3], "duration": [80]})
+    metrics = recovery_metrics(run_study(study, tmp_path, progress=False)).isel(cell=0)
+    assert len({k for k in _COMPILED if k[0] == "hierarchical"} - before) == 1
+    assert np.isfinite(float(metrics["rmse"].sel(parameter="therapist_to_client")))
+    assert float(metrics["share_converged"]) == 1.0
+
+
+def _structure(model, ds, scales):
+    """The unconstrained sites of fit's hierarchical model (their shapes and order)."""
+    from numpyro.infer.util import unconstrain_fn
+
+    from coregulation.inference.bayes import hierarchy_start_values
+    from coregulation.inference.hierarchy import Pooling, build_design, build_numpyro_model
+
+    design = build_design(model, SeriesBatch.from_dataset(ds, scales), Pooling(levels=("dyad",)),
+                          ds)
+    values = hierarchy_start_values(design, cr.ParameterSpace(model, scales).prior_median())
+    return unconstrain_fn(build_numpyro_model(design, None, likelihood=False), (), {},
+                          {k: jnp.asarray(v, dtype=float) for k, v in values.items()})
+
+
+def _population(model, ds, scales, flat):
+    from numpyro.infer.util import constrain_fn
+
+    from coregulation.inference.hierarchy import Pooling, build_design, build_numpyro_model
+
+    design = build_design(model, SeriesBatch.from_dataset(ds, scales), Pooling(levels=("dyad",)),
+                          ds)
+    unravel = jax.flatten_util.ravel_pytree(_structure(model, ds, scales))[1]
+    return {k: np.asarray(v) for k, v in constrain_fn(
+        build_numpyro_model(design, None, likelihood=False), (), {},
+        unravel(jnp.asarray(flat)), return_deterministic=False).items()}
 
 
 def test_batched_nuts_runs_and_reports_health_per_replicate():

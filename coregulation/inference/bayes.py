@@ -422,14 +422,18 @@ def _hierarchy_start(problem: Problem, population: Mapping) -> dict:
     level scales 0.1, and every unit at the population value (standardised and
     centred effects and covariate slopes 0; left to numpyro's default they would start
     at random values in (-2, 2), far into the tails of a level whose scale starts at 0.1)."""
+    return hierarchy_start_values(problem.design, population)
+
+
+def hierarchy_start_values(design: Design, population: Mapping) -> dict:
+    """:func:`_hierarchy_start` for a design (no data needed: only the sites' shapes)."""
     values = {k: np.asarray(v) for k, v in population.items()}
-    design = problem.design
     for p in design.table:
         if p.name not in design.pooled:
             continue
         for level in design.levels:
             values[f"{p.name}_sd_{level}"] = np.full(p.shape, 0.1)
-    priors_only = build_numpyro_model(design, problem.batch_log_likelihood, likelihood=False)
+    priors_only = build_numpyro_model(design, None, likelihood=False)
 
     def sample_sites():
         trace = numpyro.handlers.trace(numpyro.handlers.seed(priors_only, 0)).get_trace()

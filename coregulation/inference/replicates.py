@@ -32,6 +32,7 @@ import json
 from collections.abc import Sequence
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
@@ -108,8 +109,15 @@ def _batched_value_and_grad(log_density):
 
 
 def find_modes(log_density, data, start: np.ndarray, *, newton_steps: int = 8,
-               fd_step: float = 1e-5, maxiter: int = 2000, compiled=None):
-    """Modes (replicate, k), block Hessians of the potential (replicate, k, k), converged."""
+               fd_step: float = 1e-5, maxiter: int = 2000, compiled=None,
+               hessian: bool = True):
+    """Modes (replicate, k), block Hessians of the potential (replicate, k, k), converged.
+
+    The Hessians cost ``2k`` batched gradient calls each (central differences), as
+    does every Newton step: with many coordinates (hierarchical replicates) pass
+    ``newton_steps=0`` and ``hessian=False`` where no curvature is needed (``None``
+    comes back).
+    """
     batched = compiled or _batched_value_and_grad(log_density)
 
     def value_and_grad(thetas):
@@ -153,7 +161,7 @@ def find_modes(log_density, data, start: np.ndarray, *, newton_steps: int = 8,
                 break
         if np.max(np.abs(step)) < 1e-9:
             break
-    hess = _block_hessians(grad_fn, x, fd_step)
+    hess = _block_hessians(grad_fn, x, fd_step) if hessian else None
     (_, logp), g = value_and_grad(jnp.asarray(x))
     g = np.asarray(g)
     scale = np.maximum(1.0, np.abs(x))
@@ -241,25 +249,9 @@ def fit_replicates(
         own thread, so the replicates use every core).  ``1``: replicate after
         replicate on one device.  The draws do not depend on it.
     """
-    if method not in REPLICATE_METHODS:
-        raise ValueError(f"method must be one of {REPLICATE_METHODS}; got {method!r}.")
-    if nuts_batch is None:
-        nuts_batch = "chains" if jax.default_backend() == "cpu" else "replicates"
-    if nuts_batch not in ("chains", "replicates"):
-        raise ValueError(f"nuts_batch must be 'chains' or 'replicates'; got {nuts_batch!r}.")
-    available = jax.local_device_count()
-    if devices is None:
-        devices = available
-    if (not isinstance(devices, (int, np.integer)) or isinstance(devices, bool)
-            or not 1 <= devices <= available):
-        raise ValueError(
-            f"devices must be an integer from 1 to the {available} local JAX device(s); "
-            f"got {devices!r}."
-        )
-    for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
-                             ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    nuts_batch, devices = _check_settings(method, nuts_batch, devices, num_samples=num_samples,
+                                          num_warmup=num_warmup, num_chains=num_chains,
+                                          max_tree_depth=max_tree_depth)
     if kalman == "auto":
         kalman = replicate_kalman_method(batch, method, num_chains, num_warmup, num_samples)
     key = _cache_key(model, batch, scales, kalman, "density")
@@ -276,30 +268,73 @@ def fit_replicates(
     if start.shape != (num, space.size):
         raise ValueError(f"start must have shape ({num}, {space.size}); got {start.shape}.")
     mode, hess, converged = find_modes(log_density, data, start, compiled=batched)
+    unconstrained, converged, stats = _draw(
+        method, log_density, data, mode, hess, converged, seed, num_samples=num_samples,
+        num_warmup=num_warmup, num_chains=num_chains, target_accept=target_accept,
+        max_tree_depth=max_tree_depth, nuts_cache=nuts_cache, nuts_batch=nuts_batch,
+        devices=devices)
+    draws = _constrained_draws(space.constrain, unconstrained)
+    return ReplicateFits(space, method, draws, unconstrained, mode, converged, stats)
+
+
+def _check_settings(method, nuts_batch, devices, **counts):
+    """Validated ``(nuts_batch, devices)``; errors name the argument and what came."""
+    if method not in REPLICATE_METHODS:
+        raise ValueError(f"method must be one of {REPLICATE_METHODS}; got {method!r}.")
+    if nuts_batch is None:
+        nuts_batch = "chains" if jax.default_backend() == "cpu" else "replicates"
+    if nuts_batch not in ("chains", "replicates"):
+        raise ValueError(f"nuts_batch must be 'chains' or 'replicates'; got {nuts_batch!r}.")
+    available = jax.local_device_count()
+    if devices is None:
+        devices = available
+    if (not isinstance(devices, (int, np.integer)) or isinstance(devices, bool)
+            or not 1 <= devices <= available):
+        raise ValueError(
+            f"devices must be an integer from 1 to the {available} local JAX device(s); "
+            f"got {devices!r}."
+        )
+    lows = {"num_samples": 1, "num_warmup": 0, "num_chains": 1, "max_tree_depth": 1}
+    for name, value in counts.items():
+        low = lows[name]
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    return nuts_batch, devices
+
+
+def _draw(method, log_density, data, mode, hess, converged, seed, *, num_samples, num_warmup,
+          num_chains, target_accept, max_tree_depth, nuts_cache, nuts_batch, devices):
+    """Unconstrained draws (replicate, chain, draw, k) by ``method`` from the modes."""
+    num, k = mode.shape
+    converged = np.array(converged, dtype=bool)
     rng = np.random.default_rng(seed)
     stats: dict = {}
     if method == "map":
         unconstrained = mode[:, None, None, :]
     elif method == "laplace":
-        unconstrained = np.empty((num, 1, num_samples, space.size))
+        unconstrained = np.empty((num, 1, num_samples, k))
         for r in range(num):
             vals, vecs = np.linalg.eigh(hess[r])
             if np.any(vals <= 0) or not converged[r]:
                 converged[r] = False
                 vals = np.maximum(vals, 1e-8)
             root = vecs / np.sqrt(vals)
-            unconstrained[r, 0] = mode[r] + rng.standard_normal((num_samples, space.size)) @ root.T
+            unconstrained[r, 0] = mode[r] + rng.standard_normal((num_samples, k)) @ root.T
     else:
         unconstrained, stats = _nuts(log_density, data, mode, hess, rng, num_samples=num_samples,
                                      num_warmup=num_warmup, num_chains=num_chains,
                                      target_accept=target_accept, max_tree_depth=max_tree_depth,
                                      cache=nuts_cache, nuts_batch=nuts_batch,
                                      devices=devices)
-    flat = unconstrained.reshape(-1, space.size)
-    constrained = jax.jit(jax.vmap(space.constrain))(jnp.asarray(flat))
-    draws = {name: np.asarray(v).reshape(unconstrained.shape[:3] + np.shape(v)[1:])
-             for name, v in constrained.items()}
-    return ReplicateFits(space, method, draws, unconstrained, mode, converged, stats)
+    return unconstrained, converged, stats
+
+
+def _constrained_draws(constrain, unconstrained: np.ndarray) -> dict:
+    """``constrain`` over every draw: name -> (replicate, chain, draw, *shape)."""
+    flat = unconstrained.reshape(-1, unconstrained.shape[-1])
+    constrained = jax.jit(jax.vmap(constrain))(jnp.asarray(flat))
+    return {name: np.asarray(v).reshape(unconstrained.shape[:3] + np.shape(v)[1:])
+            for name, v in constrained.items()}
 
 
 def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_chains,
@@ -308,8 +343,8 @@ def _nuts(log_density, data, mode, hess, rng, *, num_samples, num_warmup, num_ch
     from numpyro.infer.hmc import hmc
 
     num, k = mode.shape
-    inverse_mass = np.empty((num, k))
-    for r in range(num):
+    inverse_mass = np.ones((num, k))  # without curvature (hess None): unit, as numpyro's
+    for r in range(num if hess is not None else 0):
         diag = np.diag(hess[r])
         good = np.isfinite(diag) & (diag > 0)
         inverse_mass[r] = np.clip(np.where(good, 1.0 / np.where(good, diag, 1.0), 1.0), 1e-8, 10.0)
@@ -414,3 +449,174 @@ def _data_of(batch: SeriesBatch) -> tuple:
 def batch_from_arrays(times: np.ndarray, ys: Sequence[np.ndarray]) -> SeriesBatch:
     """A batch of replicate series sharing one time grid (``ys``: (time, 2) each)."""
     return SeriesBatch.from_series([(times, y, None, None) for y in ys])
+
+
+# ----------------------------------------------------------------------------------
+# replicates of many dyads: the hierarchical model, one compiled program per design
+# ----------------------------------------------------------------------------------
+
+
+def _design_of(model, datasets, scales, pooling):
+    """The batches of every replicate, the pooled batch of all their series, and the
+    design they share (errors name the first replicate that differs)."""
+    import xarray as xr
+
+    from coregulation import data as data_module
+    from coregulation.inference.hierarchy import Pooling, build_design
+
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("datasets is empty: give at least one replicate's Dataset.")
+    for i, ds in enumerate(datasets):
+        if not isinstance(ds, xr.Dataset):
+            raise TypeError(f"datasets[{i}] must be a data-contract Dataset; got "
+                            f"{type(ds).__name__}.")
+    batches = [SeriesBatch.from_dataset(ds, scales) for ds in datasets]
+    if pooling is None:
+        pooling = Pooling(levels=("dyad",) if np.unique(batches[0].dyad_index).size > 1 else ())
+    designs = [build_design(model, b, pooling, ds) for b, ds in zip(batches, datasets)]
+    first = designs[0]
+    for i, (b, d) in enumerate(zip(batches[1:], designs[1:]), start=1):
+        same = (b.num_series == batches[0].num_series
+                and np.array_equal(d.dyad_index, first.dyad_index)
+                and np.array_equal(b.session_index, batches[0].session_index)
+                and d.num_dyads == first.num_dyads and d.therapists == first.therapists
+                and all(np.array_equal(d.covariate_values[n], first.covariate_values[n])
+                        for n in first.covariate_values))
+        if not same:
+            raise ValueError(
+                f"datasets[{i}] has another design than datasets[0] (dyads, sessions, "
+                "therapists or covariates): replicates fitted together must share it."
+            )
+    series = [(s.times, s.y, s.inputs, s.moderators) for ds in datasets
+              for s in data_module.iter_series(data_module.validate(ds))]
+    pooled = SeriesBatch.from_series(series, scales=scales)
+    return batches, pooled, first
+
+
+def build_hierarchical_replicate_density(model: Model, datasets, scales: PriorScales, *,
+                                         pooling=None, kalman: str = "fast"):
+    """``(log_density(theta, *data_r), data, flat_start, constrain, design)`` for replicates
+    of a many-dyad design.
+
+    ``log_density`` is the hierarchical model's log posterior density (the same
+    numpyro model as ``fit``'s: population values, level scales, non-centred or
+    centred unit effects, covariate slopes) on its flat unconstrained vector
+    ``theta``, with the likelihood of one replicate's series read from ``data_r``:
+    the per-series arrays of that replicate (``data`` stacks them: replicate,
+    series, ...).  ``flat_start`` is ``fit``'s start (population values at the prior
+    medians, level scales 0.1, unit effects 0); ``constrain(theta)`` gives the
+    population values by name.
+    """
+    batches, pooled, design = _design_of(model, datasets, scales, pooling)
+    density, flat_start, constrain = _hierarchical_density(model, pooled, design, scales, kalman)
+    return density, _stacked_data(pooled, len(batches)), flat_start, constrain, design
+
+
+def _stacked_data(pooled: SeriesBatch, num: int) -> tuple:
+    return tuple(d.reshape((num, pooled.num_series // num) + d.shape[1:])
+                 for d in _data_of(pooled))
+
+
+def _hierarchical_density(model, pooled: SeriesBatch, design, scales, kalman):
+    from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
+
+    from coregulation.inference.bayes import hierarchy_start_values
+    from coregulation.inference.hierarchy import build_numpyro_model
+
+    series_ll, _ = build_series_log_likelihood(model, pooled, method=kalman)
+    space = ParameterSpace(model, scales)
+    priors_only = build_numpyro_model(design, None, likelihood=False)
+    start = hierarchy_start_values(design, space.prior_median())
+    z = unconstrain_fn(priors_only, (), {},
+                       {k: jnp.asarray(v, dtype=float) for k, v in start.items()})
+    flat_start, unravel = jax.flatten_util.ravel_pytree(z)
+
+    def log_density(theta, *data_r):
+        def batch_log_likelihood(series_params):
+            return jax.vmap(series_ll)(series_params, *data_r)
+
+        numpyro_model = build_numpyro_model(design, batch_log_likelihood)
+        value = -potential_energy(numpyro_model, (), {}, unravel(theta))
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    names = [p.name for p in design.table]
+
+    def constrain(theta):
+        values = constrain_fn(priors_only, (), {}, unravel(theta), return_deterministic=False)
+        return {name: values[name] for name in names}
+
+    return log_density, np.asarray(flat_start, dtype=float), constrain
+
+
+def fit_hierarchical_replicates(
+    model: Model,
+    datasets,
+    scales: PriorScales,
+    *,
+    pooling=None,
+    method: str = "laplace",
+    num_samples: int = 1000,
+    num_warmup: int = 1000,
+    num_chains: int = 2,
+    seed: int = 0,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    kalman: str = "auto",
+    nuts_batch: str | None = None,
+    devices: int | None = None,
+) -> ReplicateFits:
+    """Fit the hierarchical model to every replicate of a many-dyad design at once.
+
+    ``datasets``: one data-contract Dataset per replicate, all with the same dyads,
+    sessions (and therapists, covariates); their series may differ in values and
+    missingness.  ``pooling``: as ``fit``'s (default: every parameter pooled across
+    dyads).  Priors are the model's table under the fixed ``scales`` (no
+    standardisation), as in :func:`fit_replicates`, whose settings the others share.
+
+    The replicates' posteriors are independent, so their potentials are summed and
+    put through one ``vmap``: one compiled program for the whole set (and for later
+    sets of the same design) instead of a ``fit``, with its compilations, per
+    replicate.  The start search is L-BFGS from ``fit``'s start, without Newton
+    refinement (block Hessians cost ``2k`` batched gradient calls, and the
+    hierarchical vector has hundreds of coordinates); the Hessian at the mode is
+    computed once for ``"laplace"`` and ``"nuts"``.  NUTS starts at each replicate's
+    mode with the inverse of the Hessian's diagonal as its initial inverse mass
+    matrix (a unit one left the population coordinates, whose posterior scales are
+    far below 1, to long trajectories through warm-up).
+
+    ``draws`` hold the population values by name; ``unconstrained`` and ``mode``
+    the full hierarchical vector.
+    """
+    nuts_batch, devices = _check_settings(method, nuts_batch, devices, num_samples=num_samples,
+                                          num_warmup=num_warmup, num_chains=num_chains,
+                                          max_tree_depth=max_tree_depth)
+    batches, pooled, design = _design_of(model, datasets, scales, pooling)
+    if kalman == "auto":
+        kalman = replicate_kalman_method(batches[0], method, num_chains, num_warmup,
+                                         num_samples)
+    # the programs close over the design, the pooled steps and the steady-state hint;
+    # the data are arguments: every chunk of a cell with the same key reuses them
+    key = ("hierarchical", _cache_key(model, pooled, scales, kalman, "density"),
+           repr(design.pooling), tuple(design.dyad_index), design.num_dyads,
+           design.therapists,
+           tuple((n, v.tobytes()) for n, v in sorted(design.covariate_values.items())))
+    if key not in _COMPILED:
+        log_density, flat_start, constrain = _hierarchical_density(model, pooled, design,
+                                                                   scales, kalman)
+        _COMPILED[key] = (log_density, flat_start, constrain,
+                          _batched_value_and_grad(log_density), {})
+    log_density, flat_start, constrain, batched, nuts_cache = _COMPILED[key]
+    num = len(batches)
+    data = _stacked_data(pooled, num)
+    start = np.broadcast_to(flat_start, (num, flat_start.size)).copy()
+    mode, hess, converged = find_modes(log_density, data, start, compiled=batched,
+                                       newton_steps=0, hessian=method != "map")
+    unconstrained, converged, stats = _draw(
+        method, log_density, data, mode, hess, converged, seed, num_samples=num_samples,
+        num_warmup=num_warmup, num_chains=num_chains, target_accept=target_accept,
+        max_tree_depth=max_tree_depth, nuts_cache=nuts_cache, nuts_batch=nuts_batch,
+        devices=devices)
+    draws = _constrained_draws(constrain, unconstrained)
+    return ReplicateFits(ParameterSpace(model, scales), method, draws, unconstrained, mode,
+                         converged, stats)

@@ -5,7 +5,8 @@ with the session length at one target coupling, and returns, per design, the
 power (share of replicates whose 95% interval of the coupling excludes 0), its
 Monte Carlo standard error, the directional accuracy and the type-S rate.
 Single-dyad designs are fitted in one ``vmap``; many-dyad designs fit the
-hierarchical model per replicate (population coupling).
+hierarchical model (population coupling), every replicate of a chunk through one
+compiled program as well.
 """
 
 from __future__ import annotations

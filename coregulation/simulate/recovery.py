@@ -219,31 +219,56 @@ def _fit_single(study, cell, model, space, replicates, truths, cell_index):
         names = space.flat_names()
         truth = np.where(np.isin(names, list(model.coupling_names)), 0.0, np.nan)
         truth = np.broadcast_to(truth, (len(replicates), space.size)).copy()
-    health = {
-        "converged": fits.converged.astype(bool),
-        "divergences": np.asarray(fits.stats.get("divergences", np.zeros(len(replicates))),
-                                  dtype=float),
-        "max_rhat": np.asarray(fits.stats.get("max_rhat", np.full(len(replicates), np.nan)),
-                               dtype=float),
-        "min_ess_bulk": np.asarray(fits.stats.get("min_ess_bulk",
-                                                  np.full(len(replicates), np.nan)), dtype=float),
-    }
-    summary = _summarise(space, model, replicates, flat_draws, truth, health)
+    summary = _summarise(space, model, replicates, flat_draws, truth, _health(fits))
     if study.kind == "sbc":
         summary = _add_ranks(summary, space, model, flat_draws, draws, truth, truths,
                              *_rank_log_likelihoods(model, batch, space))
     return summary
 
 
+def _health(fits) -> dict:
+    """Per-replicate sampler health of :class:`ReplicateFits`."""
+    num = fits.num_replicates
+    return {
+        "converged": fits.converged.astype(bool),
+        "divergences": np.asarray(fits.stats.get("divergences", np.zeros(num)), dtype=float),
+        "max_rhat": np.asarray(fits.stats.get("max_rhat", np.full(num, np.nan)), dtype=float),
+        "min_ess_bulk": np.asarray(fits.stats.get("min_ess_bulk", np.full(num, np.nan)),
+                                   dtype=float),
+    }
+
+
 def _fit_many(study, cell, model, space, replicates, truths, cell_index):
+    """Many dyads or sessions per replicate: the hierarchical model (population values
+    scored), every replicate of the chunk through one compiled program
+    (:func:`~coregulation.inference.replicates.fit_hierarchical_replicates`, priors
+    under the cell's scales); SVI, which has no batched form, fits one by one."""
+    from coregulation.inference.replicates import REPLICATE_METHODS, fit_hierarchical_replicates
+
+    datasets = [simulate_replicate(study, cell_index, r, t) for r, t in zip(replicates, truths)]
+    truth = np.stack([_flat(space, t) for t in truths])
+    if study.method in REPLICATE_METHODS:
+        settings = study.fit_settings()
+        settings.pop("svi_steps", None)
+        seed = int(np.asarray(jax.random.key_data(
+            _replicate_key(study, cell_index, replicates[0]))).ravel()[-1])
+        fits = fit_hierarchical_replicates(model, datasets, cell_scales(cell),
+                                           method=study.method, seed=seed, **settings)
+        constrained = {k: v.reshape((fits.num_replicates, -1) + v.shape[3:])
+                       for k, v in fits.draws.items()}
+        return _summarise(space, model, replicates, _flat(space, constrained), truth,
+                          _health(fits))
+    return _fit_many_svi(study, model, space, replicates, datasets, truth)
+
+
+def _fit_many_svi(study, model, space, replicates, datasets, truth):
     import warnings
 
     import coregulation as cr
 
     flat_draws, health_rows = [], []
     settings = study.fit_settings()
-    for r, t in zip(replicates, truths):
-        ds = simulate_replicate(study, cell_index, r, t)
+    for r, ds in zip(replicates, datasets):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = cr.fit(model, ds, method=study.method, seed=study.seed + r, num_predictive=0,
@@ -257,7 +282,6 @@ def _fit_many(study, cell, model, space, replicates, truths, cell_index):
                             diag.get("min_ess_bulk", np.nan)))
     size = min(d.shape[0] for d in flat_draws)
     flat_draws = np.stack([d[:size] for d in flat_draws])
-    truth = np.stack([_flat(space, t) for t in truths])
     health = {name: np.asarray([row[i] for row in health_rows], dtype=bool if i == 0 else float)
               for i, name in enumerate(("converged", "divergences", "max_rhat", "min_ess_bulk"))}
     return _summarise(space, model, replicates, flat_draws, truth, health)
