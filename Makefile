@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/kalman_speed.py
 	$(PY) benchmarks/make_results_table.py $$(ls -t benchmarks/results/kalman_speed-*.json | head -1)
 	$(PY) -m pip install --quiet "simuk>=0.2"
-	$(PY) benchmarks/study_throughput.py --simuk-replicates 2
+	$(PY) benchmarks/study_throughput.py --simuk-replicates 2 --simuk-budget 3600
 
 # every notebook, full size (minutes to half an hour each on 2 cores); figures in notebook_output/
 notebooks: $(STAMP)

@@ -117,6 +117,49 @@ def _simulate_clipped(model, params, grid, key):
     return jnp.clip(jnp.nan_to_num(y), -1e3, 1e3)
 
 
+class _OverBudget(BaseException):  # not swallowed by a library's `except Exception`
+    pass
+
+
+def _run_with_budget(sbc, budget: float) -> dict:
+    """Run simuk's loop for at most ``budget`` seconds (0: no limit).
+
+    simuk keeps the simulations that finished when its loop is interrupted.  A row
+    stopped at the budget has ``replicates`` = finished fits and ``stopped_at_budget``
+    set, and ``fits_per_minute_bound`` = (finished + 1) per ``seconds``: the unfinished
+    fit would have needed at least the time that was left, so simuk's rate is below it.
+    """
+    import signal
+
+    fired = []
+
+    def stop(signum, frame):
+        fired.append(True)
+        raise _OverBudget
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    if budget:
+        signal.setitimer(signal.ITIMER_REAL, budget)
+    start = time.perf_counter()
+    stopped = False
+    try:
+        sbc.run_simulations()
+    except (_OverBudget, ValueError):
+        # simuk's own clean-up fails with a ValueError when no fit had finished
+        if not fired:
+            raise
+        stopped = True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    elapsed = time.perf_counter() - start
+    row = {"seconds": elapsed, "replicates": int(sbc._simulations_complete),
+           "stopped_at_budget": stopped}
+    if stopped:
+        row["fits_per_minute_bound"] = 60.0 * (row["replicates"] + 1) / elapsed
+    return row
+
+
 def _simuk():
     try:
         import simuk
@@ -181,12 +224,8 @@ def simuk_pymc_loop(args) -> dict | None:
                     sample_kwargs={"draws": args.samples, "tune": args.warmup,
                                    "chains": args.chains},
                     seed=3)
-    start = time.perf_counter()
-    sbc.run_simulations()
-    elapsed = time.perf_counter() - start
     return {"tool": f"simuk {simuk.__version__} (plain PyMC model, pm.sample loop)",
-            "seconds": elapsed, "replicates": replicates,
-            "loglik_abs_diff_vs_ours": abs(theirs - ours)}
+            **_run_with_budget(sbc, args.simuk_budget), "loglik_abs_diff_vs_ours": abs(theirs - ours)}
 
 
 def _dyads_study(args, method):
@@ -284,11 +323,8 @@ def simuk_loop(args) -> dict | None:
                                    "num_chains": args.chains, "chain_method": chain_method,
                                    "progress_bar": False},
                     seed=3)
-    start = time.perf_counter()
-    sbc.run_simulations()
-    elapsed = time.perf_counter() - start
     return {"tool": f"simuk {simuk.__version__} (NumPyro NUTS loop, our likelihood)",
-            "seconds": elapsed, "replicates": replicates}
+            **_run_with_budget(sbc, args.simuk_budget)}
 
 
 def main():
@@ -301,6 +337,9 @@ def main():
     parser.add_argument("--simuk-replicates", type=int, default=2,
                         help="datasets for the simuk loops (0: --replicates); the plain-"
                              "PyMC loop takes about 20 min per dataset on 2 cores")
+    parser.add_argument("--simuk-budget", type=float, default=0.0,
+                        help="seconds for each simuk loop (0: no limit); a loop stopped "
+                             "there records its finished fits and a rate bound")
     parser.add_argument("--tools", default="batched,dask,simuk-pymc,simuk")
     args = parser.parse_args()
     if args.quick:
@@ -322,6 +361,9 @@ def main():
                    T=300 if dyads else int(DURATION), dyads=DYADS if dyads else 1,
                    chains=args.chains, warmup=args.warmup, samples=args.samples,
                    fits_per_minute=60.0 * row["replicates"] / row["seconds"])
+        if row.get("stopped_at_budget"):
+            print(f"{row['tool']}: stopped at the budget after {row['replicates']} fit(s); "
+                  f"its rate is below {row['fits_per_minute_bound']:.3f} fits/min", flush=True)
         print(f"{row['tool']}: {row['seconds']:.0f} s, {row['fits_per_minute']:.2f} fits/min",
               flush=True)
         rows.append(row)
