@@ -90,6 +90,36 @@ def test_one_series_build_for_unbatched_callers_matches_the_batched_build():
                                        atol=1e-8 * float(jnp.max(jnp.abs(grad_b[key]))))
 
 
+def test_many_series_for_unbatched_callers_switch_together():
+    """Many series for an unbatched caller (parallel chains of a hierarchical fit): the
+    series are vmapped over a named axis and leave the closed-form tail together,
+    once all have reached the steady state.  Same values and gradients as the plain
+    vmapped build, with per-series parameters, when every series has converged and
+    when one has not (its measurement error 300x: the continued branch for all)."""
+    model, truth = cr.CTVAR(), MODEL_CASES["ctvar"][1]
+    times = np.arange(1.0, 401.0)
+    series = [(times, np.array(cr.simulate_series(model, truth, times, jax.random.key(k)).y),
+               None, None) for k in range(3)]
+    batch = SeriesBatch.from_series(series)
+    plain = build_batch_log_likelihood(model, batch, method="fast")
+    unbatched = build_batch_log_likelihood(model, batch, method="fast", unbatched_caller=True)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p: jnp.sum(unbatched(p))))
+    value_and_grad_p = jax.jit(jax.value_and_grad(lambda p: jnp.sum(plain(p))))
+    free = _free(model, truth)
+    per = {k: jnp.broadcast_to(v, (3, *jnp.shape(v))) * (1.0 + 0.05 * jnp.arange(3.0)).reshape(
+        (3,) + (1,) * jnp.ndim(v)) for k, v in free.items()}
+    for scale in (1.0, 300.0):
+        params = dict(per)
+        params["me_sd"] = params["me_sd"].at[1].multiply(scale)
+        np.testing.assert_allclose(unbatched(params), plain(params), rtol=BATCH_RTOL)
+        value, grad = value_and_grad(params)
+        value_p, grad_p = value_and_grad_p(params)
+        np.testing.assert_allclose(value, value_p, rtol=BATCH_RTOL)
+        for key in params:
+            np.testing.assert_allclose(grad[key], grad_p[key], rtol=1e-8,
+                                       atol=1e-8 * float(jnp.max(jnp.abs(grad_p[key]))))
+
+
 def test_batch_per_series_parameters_and_errors(small_study):
     model, ds = small_study
     batch = SeriesBatch.from_dataset(ds)

@@ -644,7 +644,7 @@ def _time_invariant_tail(ssm: LGSSM, steady, s_inv_h, F, initial_pred_cov, num: 
 
 
 def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num: int,
-               stop: bool = True):
+               stop: bool | str = True):
     """Covariance pass of ``num`` time-invariant steps with the same missing pattern.
 
     The closed form (:func:`_time_invariant_tail`) runs for the first
@@ -655,6 +655,11 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
     ``lax.cond``, so a single series computes only the branch it takes; under
     ``vmap`` both run, so batched callers pass ``stop=False`` for the plain
     closed form).
+
+    ``stop`` may also name a ``vmap`` axis (over series): the series of that axis
+    then switch together, once every one of them has converged.  The predicate is
+    reduced over the axis, so it is not batched and the ``lax.cond`` stays a real
+    branch (measured in RESULTS.md, "Case (ii)").
     """
     steady = _steady_state_predicted_cov(ssm, transition, process_cov)
     s_inv_h, F = _closed_loop(transition, steady, ssm.emission, ssm.emission_cov)
@@ -668,6 +673,8 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
     last = head_covs[-1]
     left = jnp.max(jnp.abs(last - steady)) * jnp.maximum(amplification, 1.0)
     converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
+    if isinstance(stop, str):
+        converged = lax.psum(jnp.where(converged, 0, 1), stop) == 0
 
     def at_steady_state(last):
         one = update(steady[None])
@@ -685,7 +692,7 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
 
 
 def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
-                     stop: bool = True) -> _CovariancePass:
+                     stop: bool | str = True) -> _CovariancePass:
     transitions, process_covs = _step_matrices(ssm)
     num_timesteps = transitions.shape[0]
     if steady_from is None or num_timesteps - steady_from < _MIN_TAIL:
@@ -719,7 +726,7 @@ _affine_combine = jax.vmap(_affine_one)
 
 
 def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
-          stop: bool = True):
+          stop: bool | str = True):
     cp = _covariance_pass(ssm, observed, steady_from, stop)
     transitions, _ = _step_matrices(ssm)
     emission, _, mask = jax.vmap(lambda o: _masked_emission(ssm, o))(observed)
@@ -827,7 +834,7 @@ def log_likelihood_terms(
     steady_from: int | None = None,
     observed=None,
     *,
-    stop_at_steady_state: bool = True,
+    stop_at_steady_state: bool | str = True,
 ) -> Float[Array, " t"]:
     """Per-step terms ``log p(y_k | y_1, ..., y_{k-1})`` (0 where nothing is observed).
 
@@ -841,10 +848,14 @@ def log_likelihood_terms(
     has reached the steady state, a run-time switch (``lax.cond``).  Under
     ``vmap`` the switch becomes a select that computes both branches, so a
     caller that vmaps over series passes False: the same values, less compile
-    and run time.
+    and run time.  A caller that vmaps over series with an ``axis_name``, and is
+    itself never vmapped, passes that name instead: the series then switch
+    together once all of them have converged (a real branch again).
     """
+    stop = (stop_at_steady_state if isinstance(stop_at_steady_state, str)
+            else bool(stop_at_steady_state))
     return _terms(ssm, jnp.asarray(y), _mask_or_none(observed), _check_method(method),
-                  _static_hint(steady_from), bool(stop_at_steady_state))
+                  _static_hint(steady_from), stop)
 
 
 def _static_hint(steady_from) -> int | None:

@@ -475,6 +475,8 @@ class Model:
         def per_step(dt, z):
             system = self.continuous_system(params, z if self.moderators else None)
             transition, process_cov = disc.van_loan(system.drift, system.diffusion, dt)
+            if system.input_matrix.shape[1] == 0:  # no inputs: no intercept to integrate
+                return transition, process_cov, system.input_matrix
             gamma = disc.integrated_transition(system.drift, dt)
             return transition, process_cov, gamma @ system.input_matrix
 

