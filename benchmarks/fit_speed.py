@@ -13,10 +13,12 @@ Tools, all on the same simulated data, priors, hierarchy and sampler settings:
 ``coregulation-pymc:nutpie``, ``coregulation-pymc:pymc``
     Our PyMC back end (the same hierarchy in PyMC, the likelihood as a PyTensor Op
     around our JAX likelihood), sampled by nutpie (JAX backend) or PyMC's NUTS.
-``pymc-plain`` (case (i) only)
-    A plain PyMC model as a user would write it: the oscillator's exact
+``pymc-plain``
+    A plain PyMC model as a user would write it: the model's exact
     discretisation (``expm``, Van Loan) and the textbook Kalman filter in PyTensor
-    (``scan``), our priors, sampled by ``pm.sample`` with PyMC's defaults (its NUTS,
+    (``scan``; in case (ii) batched over the 40 series, each dyad's parameters
+    non-centred around the population on their unconstrained scale), our priors,
+    sampled by ``pm.sample`` with PyMC's defaults (its NUTS,
     ``jitter+adapt_diag`` start, its choice of cores).  The row records the
     log-likelihood difference from ours at the truth (the same model).
 ``numpyro+dynamax``
@@ -227,6 +229,117 @@ def oscillator_loglik_pytensor(v, y, dt):
     return pt.sum(terms), stable
 
 
+def ctvar_loglik_pytensor(v, y, dt):
+    """Exact log-likelihoods of many CT-VAR series in plain PyTensor (a user's own model).
+
+    ``v`` maps parameter names to PyTensor tensors with a leading series axis
+    (constrained values), ``y`` is ``(series, T, 2)``, complete.  Same maths as
+    ``CTVAR.to_lgssm``: drift from time constants and couplings, exact
+    discretisation (``expm``, Van Loan), the stationary initial state (a Lyapunov
+    solve), then the textbook Kalman filter in ``pytensor.scan`` over time, batched
+    over series.  Returns (per-series log-likelihoods, per-series stable flags).
+    """
+    import pytensor
+    import pytensor.tensor as pt
+    from pytensor.tensor.linalg import solve_continuous_lyapunov
+    from pytensor.tensor.slinalg import expm
+
+    tau = v["tau"]
+    cross = 1.0 / pt.sqrt(tau[:, 0] * tau[:, 1])
+    A = pt.stack([pt.stack([-1.0 / tau[:, 0], v["client_to_therapist"] * cross], axis=-1),
+                  pt.stack([v["therapist_to_client"] * cross, -1.0 / tau[:, 1]], axis=-1)],
+                 axis=-2)
+    sd = pt.sqrt(2.0 / tau) * v["latent_sd"]
+    off = v["shock_corr"] * sd[:, 0] * sd[:, 1]
+    Sigma = pt.stack([pt.stack([sd[:, 0] ** 2, off], axis=-1),
+                      pt.stack([off, sd[:, 1] ** 2], axis=-1)], axis=-2)
+    A_t = pt.swapaxes(A, -1, -2)
+    block = pt.concatenate([pt.concatenate([-A, Sigma], axis=-1),
+                            pt.concatenate([pt.zeros_like(A), A_t], axis=-1)], axis=-2)
+    E = expm(block * dt)
+    Phi = pt.swapaxes(E[:, 2:, 2:], -1, -2)
+    Q = Phi @ E[:, :2, 2:]
+    Q = 0.5 * (Q + pt.swapaxes(Q, -1, -2))
+    P0 = solve_continuous_lyapunov(A, -Sigma)
+    P0 = 0.5 * (P0 + pt.swapaxes(P0, -1, -2))
+    me = v["me_sd"] ** 2
+    zero = pt.zeros_like(me[:, 0])
+    R = pt.stack([pt.stack([me[:, 0], zero], axis=-1), pt.stack([zero, me[:, 1]], axis=-1)],
+                 axis=-2)
+    mu = v["mu"]
+
+    def step(y_t, m, P, Phi, Q, R, mu):  # H = I: both roles observed
+        S = P + R
+        S_inv = pt.linalg.inv(S)
+        e = y_t - m - mu
+        K = P @ S_inv
+        quad = pt.sum(e * (S_inv @ e[:, :, None])[:, :, 0], axis=-1)
+        # 2x2 determinant by hand: PyTensor 2.38's log(det) -> slogdet rewrite fails
+        # on batched matrices
+        det = S[:, 0, 0] * S[:, 1, 1] - S[:, 0, 1] * S[:, 1, 0]
+        ll = -0.5 * (2.0 * np.log(2.0 * np.pi) + pt.log(det) + quad)
+        m_f = m + (K @ e[:, :, None])[:, :, 0]
+        P_f = P - K @ S @ pt.swapaxes(K, -1, -2)
+        return ((Phi @ m_f[:, :, None])[:, :, 0],
+                Phi @ P_f @ pt.swapaxes(Phi, -1, -2) + Q, ll)
+
+    y_time = pt.as_tensor_variable(np.swapaxes(np.asarray(y, dtype=float), 0, 1))
+    (_, _, terms), _ = pytensor.scan(step, sequences=[y_time],
+                                      outputs_info=[pt.zeros_like(mu), P0, None],
+                                      non_sequences=[Phi, Q, R, mu], strict=True)
+    stable = (pt.trace(A, axis1=-2, axis2=-1) < 0) & (pt.linalg.det(A) > 0)
+    return pt.sum(terms, axis=0), stable
+
+
+def _pytensor_transform(constraint, u):
+    """The unconstrained -> constrained map numpyro uses for ``constraint``, in PyTensor."""
+    import pytensor.tensor as pt
+    from numpyro.distributions import constraints
+
+    if constraint is constraints.real:
+        return u
+    if constraint is constraints.positive:
+        return pt.exp(u)
+    if isinstance(constraint, constraints.interval):
+        low, high = float(constraint.lower_bound), float(constraint.upper_bound)
+        return low + (high - low) * pt.sigmoid(u)
+    raise NotImplementedError(f"no PyTensor transform written for {constraint}.")
+
+
+def _pytensor_inverse(constraint, x):
+    import pytensor.tensor as pt
+    from numpyro.distributions import constraints
+
+    if constraint is constraints.real:
+        return x
+    if constraint is constraints.positive:
+        return pt.log(x)
+    if isinstance(constraint, constraints.interval):
+        low, high = float(constraint.lower_bound), float(constraint.upper_bound)
+        return pt.logit((x - low) / (high - low))
+    raise NotImplementedError(f"no PyTensor transform written for {constraint}.")
+
+
+def _plain_hierarchical_ctvar(problem):
+    """Case (ii) as a PyMC user writes it: every parameter pooled across dyads,
+    non-centred on its unconstrained scale (log, logit), our priors and level scales;
+    returns the per-series parameter tensors (call inside a ``pm.Model``)."""
+    import pymc as pm
+
+    from coregulation.inference.pymc_backend import pymc_prior
+
+    design = problem.design
+    dyad_index = np.asarray(design.dyad_index)
+    series = {}
+    for p in design.table:
+        pop = pymc_prior(p.name, p.prior, p.shape)
+        sd = pm.HalfNormal(f"{p.name}_sd_dyad", sigma=design.pooling.scale_prior, shape=p.shape)
+        z = pm.Normal(f"{p.name}_z_dyad", 0.0, 1.0, shape=(design.num_dyads, *p.shape))
+        u = _pytensor_inverse(p.constraint, pop) + sd * z
+        series[p.name] = _pytensor_transform(p.constraint, u)[dyad_index]
+    return series
+
+
 def run_plain_pymc(model, ds, pooling, settings, seed):
     """A plain PyMC model (PyTensor Kalman filter in ``scan``), PyMC's default NUTS."""
     import pymc as pm
@@ -234,16 +347,22 @@ def run_plain_pymc(model, ds, pooling, settings, seed):
 
     from coregulation.inference.pymc_backend import pymc_prior
 
-    if not isinstance(model, cr.CoupledOscillator) or pooling.levels:
-        raise NotImplementedError("the plain PyMC model is written for case (i) only.")
     start = time.perf_counter()
     problem = bayes.build_problem(model, ds, pooling=pooling)
     batch = problem.batch
-    y = np.asarray(batch.y[0], dtype=float)
     dt = float(batch.step_lengths[0])
     with pm.Model():
-        v = {p.name: pymc_prior(p.name, p.prior, p.shape) for p in problem.design.table}
-        loglik, stable = oscillator_loglik_pytensor(v, y, dt)
+        if isinstance(model, cr.CoupledOscillator) and not pooling.levels:
+            v = {p.name: pymc_prior(p.name, p.prior, p.shape) for p in problem.design.table}
+            loglik, stable = oscillator_loglik_pytensor(v, np.asarray(batch.y[0], float), dt)
+        elif (isinstance(model, cr.CTVAR) and pooling.levels == ("dyad",)
+              and not pooling.correlated and not pooling.centred
+              and set(problem.design.pooled) == set(model.free_names())):
+            v = _plain_hierarchical_ctvar(problem)
+            per_series, stable_series = ctvar_loglik_pytensor(v, batch.y, dt)
+            loglik, stable = pt.sum(per_series), pt.all(stable_series)
+        else:
+            raise NotImplementedError("the plain PyMC model is written for cases (i) and (ii).")
         pm.Potential("likelihood", pt.switch(stable, loglik, -np.inf))
         idata = pm.sample(draws=settings["num_samples"], tune=settings["num_warmup"],
                           chains=settings["num_chains"], random_seed=seed, progressbar=False)
@@ -253,17 +372,28 @@ def run_plain_pymc(model, ds, pooling, settings, seed):
     return summarise(draws, names, wall, int(idata.sample_stats["diverging"].sum()))
 
 
-def check_plain_pymc(model, ds, truth) -> float:
-    """|plain PyTensor log-likelihood - ours| at the truth, on the same data."""
+def check_plain_pymc(model, ds, pooling, truth) -> float:
+    """|plain PyTensor log-likelihood - ours| at the truth (every series at the
+    truth, 1% apart from series to series in case (ii)), on the same data."""
     import pytensor.tensor as pt
 
-    problem = bayes.build_problem(model, ds, pooling=cr.Pooling(levels=()))
+    problem = bayes.build_problem(model, ds, pooling=pooling)
     batch = problem.batch
-    v = {k: pt.constant(np.asarray(val, dtype=float)) for k, val in truth.items()}
-    value, _ = oscillator_loglik_pytensor(v, np.asarray(batch.y[0], dtype=float),
-                                          float(batch.step_lengths[0]))
+    dt = float(batch.step_lengths[0])
+    if isinstance(model, cr.CoupledOscillator):
+        values = {k: np.asarray(val, dtype=float) for k, val in truth.items()}
+        v = {k: pt.constant(val) for k, val in values.items()}
+        value, _ = oscillator_loglik_pytensor(v, np.asarray(batch.y[0], dtype=float), dt)
+    else:
+        num = batch.num_series
+        values = {k: np.broadcast_to(np.asarray(val, float), (num, *np.shape(val)))
+                  * (1.0 + 0.01 * np.arange(num)).reshape((num,) + (1,) * np.ndim(val))
+                  for k, val in truth.items()}
+        per_series, _ = ctvar_loglik_pytensor({k: pt.constant(val) for k, val in values.items()},
+                                              batch.y, dt)
+        value = pt.sum(per_series)
     ours = float(jnp.sum(problem.batch_log_likelihood(
-        {k: jnp.asarray(val) for k, val in truth.items()})))
+        {k: jnp.asarray(val) for k, val in values.items()})))
     return abs(float(value.eval()) - ours)
 
 
@@ -297,9 +427,6 @@ def main() -> None:
     for case in cases:
         model, ds, pooling = case_data(case)
         for tool in args.tools.split(","):
-            if tool == "pymc-plain" and case != "i":
-                print("pymc-plain: written for case (i) only; skipped", flush=True)
-                continue
             try:
                 result = TOOLS[tool](model, ds, pooling, settings, args.seed)
             except NotImplementedError as err:
@@ -307,8 +434,9 @@ def main() -> None:
                 continue
             if tool == "pymc-plain":
                 # the same model: its log-likelihood equals ours at the truth
-                truth = {k: v for k, v in OSCILLATOR.items() if k in model.free_names()}
-                result["loglik_abs_diff_vs_ours"] = check_plain_pymc(model, ds, truth)
+                truth = {k: v for k, v in (OSCILLATOR if case == "i" else CTVAR).items()
+                         if k in model.free_names()}
+                result["loglik_abs_diff_vs_ours"] = check_plain_pymc(model, ds, pooling, truth)
             row = {"benchmark": "fit_speed", "case": case, "model": type(model).__name__,
                    "dyads": int(ds.sizes["dyad"]), "T": int(ds.sizes["time"]), "tool": tool,
                    **settings, **result}
