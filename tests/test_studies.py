@@ -24,6 +24,7 @@ import xarray as xr
 import coregulation as cr
 from coregulation.inference.batch import SeriesBatch
 from coregulation.inference.replicates import (
+    _chains_mixed,
     build_hierarchical_replicate_density,
     build_replicate_density,
     fit_replicates,
@@ -76,6 +77,25 @@ def _replicates(model, num, duration=200, seed=0):
                              jax.random.key(100 + r)).y for r in range(num)]
     ys[0][10:15] = np.nan  # missing values differ between replicates
     return times, ys, scales, draws
+
+
+def test_nuts_replicates_count_as_converged_when_their_chains_mix():
+    """NUTS's ``converged`` is about its draws (finite, split R-hat < 1.1 by numpyro's
+    own diagnostic), not the start search: mixed chains pass, chains stuck apart or
+    a non-finite draw fail, one chain needs finite draws only."""
+    from numpyro.diagnostics import split_gelman_rubin
+
+    rng = np.random.default_rng(0)
+    mixed = rng.standard_normal((2, 500, 3))
+    apart = mixed + np.array([0.0, 3.0])[:, None, None]
+    broken = mixed.copy()
+    broken[1, 7, 2] = np.nan
+    z = np.stack([mixed, apart, broken])
+    rhat = np.array([np.max(split_gelman_rubin(c)) for c in z])
+    assert rhat[0] < 1.1 < rhat[1]
+    np.testing.assert_array_equal(_chains_mixed(z, rhat), [True, False, False])
+    np.testing.assert_array_equal(_chains_mixed(z[:, :1], np.full(3, np.nan)),
+                                  [True, True, True])
 
 
 def test_batched_modes_and_hessians_equal_independent_fits_of_each_replicate():

@@ -50,8 +50,12 @@ class ReplicateFits:
 
     ``draws[name]`` has shape (replicate, chain, draw, *parameter shape) on the
     constrained scale; ``unconstrained`` (replicate, chain, draw, k).  ``mode``
-    (replicate, k) is each replicate's posterior mode (unconstrained) and
-    ``converged`` whether its optimiser reached a finite, stationary point.
+    (replicate, k) is each replicate's posterior mode (unconstrained).
+    ``converged``: for MAP and Laplace, whether the optimiser reached a finite,
+    stationary point (Laplace: with a positive-definite Hessian); for NUTS, whether
+    every draw is finite and the chains mixed (split R-hat below 1.1; finer
+    health is in ``stats``).  The start search's stationarity does not matter
+    to NUTS, which moves on from wherever it starts.
     ``stats`` holds per-replicate sampler health (NUTS): ``divergences``,
     ``max_rhat``, ``min_ess_bulk``, ``min_ess_tail``, ``max_tree_depth_hits``.
     """
@@ -326,7 +330,21 @@ def _draw(method, log_density, data, mode, hess, converged, seed, *, num_samples
                                      target_accept=target_accept, max_tree_depth=max_tree_depth,
                                      cache=nuts_cache, nuts_batch=nuts_batch,
                                      devices=devices)
+        converged = _chains_mixed(unconstrained, stats["max_rhat"])
     return unconstrained, converged, stats
+
+
+# Split R-hat above this is a gross failure to mix (stuck or separated chains), the
+# classic bar; finer health (R-hat > 1.01, ESS, divergences) is reported on its own.
+_MIXED_RHAT = 1.1
+
+
+def _chains_mixed(unconstrained: np.ndarray, max_rhat: np.ndarray) -> np.ndarray:
+    """Per replicate: every draw finite, and split R-hat below ``_MIXED_RHAT`` (one
+    chain has no R-hat: finite draws suffice)."""
+    finite = np.isfinite(unconstrained).all(axis=tuple(range(1, unconstrained.ndim)))
+    rhat = np.asarray(max_rhat, dtype=float)
+    return finite & (np.isnan(rhat) | (rhat < _MIXED_RHAT))
 
 
 def _constrained_draws(constrain, unconstrained: np.ndarray) -> dict:

@@ -548,8 +548,10 @@ def recovery_metrics(results: xr.Dataset) -> xr.Dataset:
     * per cell: ``directional_accuracy`` (the decision "first-led" when
       P(first-led) > 0.975, "second-led" below 0.025, else "none", against the
       truth's direction), ``directional_false_positive_rate`` (a direction declared
-      when the truth has none), and sampler health: ``share_converged``,
-      ``share_divergent``, ``share_rhat_high`` (> 1.01), ``share_ess_low`` (< 400).
+      when the truth has none), and sampler health: ``share_converged`` (MAP,
+      Laplace: the optimiser reached a stationary point; NUTS: finite draws and
+      split R-hat < 1.1; SVI: finite draws), ``share_divergent``,
+      ``share_rhat_high`` (> 1.01), ``share_ess_low`` (< 400).
     """
     q = results["quantiles"]
     truth, mean = results["truth"], results["mean"]
