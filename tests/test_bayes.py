@@ -294,6 +294,43 @@ def test_import_asks_jax_for_a_cpu_device_per_chain():
     assert devices(before="import jax; jax.numpy.zeros(1); ") == 1
 
 
+def test_import_sets_the_cpu_emitter_flag_only_where_xla_knows_it(monkeypatch):
+    """Importing coregulation adds --xla_cpu_use_fusion_emitters=false to XLA_FLAGS in a
+    fresh process (and the installed XLA accepts it: an unknown flag aborts XLA), but
+    never over the user's own setting, for an unchecked jaxlib or once JAX runs."""
+    import jaxlib
+    from jax._src import xla_bridge
+
+    import coregulation
+
+    environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = ("import os, coregulation, jax; jax.numpy.ones(2).block_until_ready(); "
+              "print(repr(os.environ.get('XLA_FLAGS')))")
+    if jaxlib.__version__.startswith(coregulation._FUSION_EMITTER_FLAG_RELEASES):
+        out = subprocess.run([sys.executable, "-c", script], env=environ,
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.split()[-1] == "'--xla_cpu_use_fusion_emitters=false'"
+
+    def flags_after(env_flags, version="0.9.2", running=False):
+        monkeypatch.setattr(jaxlib, "__version__", version)
+        monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: running)
+        if env_flags is None:
+            monkeypatch.delenv("XLA_FLAGS", raising=False)
+        else:
+            monkeypatch.setenv("XLA_FLAGS", env_flags)
+        coregulation._cpu_codegen_flag()
+        return os.environ.get("XLA_FLAGS")
+
+    assert flags_after(None) == "--xla_cpu_use_fusion_emitters=false"
+    assert flags_after("--xla_force_host_platform_device_count=3") == (
+        "--xla_force_host_platform_device_count=3 --xla_cpu_use_fusion_emitters=false")
+    assert flags_after("--xla_cpu_use_fusion_emitters=true") == (
+        "--xla_cpu_use_fusion_emitters=true")
+    assert flags_after(None, version="0.5.3") is None
+    assert flags_after(None, version="0.11.0") is None
+    assert flags_after(None, running=True) is None
+
+
 def test_design_errors(small_study):
     model, ds = small_study
     batch = SeriesBatch.from_dataset(ds)

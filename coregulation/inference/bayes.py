@@ -498,14 +498,18 @@ def _initialise(problem: Problem, numpyro_model):
     return values, dataclasses.replace(info, z=z), value_and_grad
 
 
-@functools.partial(jax.jit, static_argnums=2)  # one program, not a compile per op and shape
 def _jitter(key, z: dict, num_chains: int) -> dict:
-    """``num_chains`` copies of unconstrained values ``z``, each perturbed by N(0, 0.1^2)."""
+    """``num_chains`` copies of unconstrained values ``z``, each perturbed by N(0, 0.1^2).
+
+    Drawn with numpy from a generator seeded by ``key``'s bits: a handful of normals,
+    for which a compiled JAX program cost about a second of XLA compile per fit.
+    """
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     leaves, treedef = jax.tree.flatten(z)
-    keys = jax.random.split(key, len(leaves))
     out = [
-        leaf[None] + 0.1 * jax.random.normal(k, (num_chains, *jnp.shape(leaf)))
-        for leaf, k in zip(leaves, keys)
+        jnp.asarray(np.asarray(leaf)[None]
+                    + 0.1 * rng.standard_normal((num_chains, *np.shape(leaf))))
+        for leaf in leaves
     ]
     return jax.tree.unflatten(treedef, out)
 
@@ -543,7 +547,10 @@ def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
                        {k: jnp.asarray(v, dtype=float) for k, v in init_values.items()})
     return ModelInfo(
         z=z,
-        potential_fn=functools.partial(_potential, numpyro_model),
+        # jitted: numpyro's NUTS traces the potential's gradient twice (the chain's
+        # initial state and the tree's leapfrog); a jitted function's trace and its
+        # derivatives are cached, so the likelihood is traced once, not twice
+        potential_fn=jax.jit(functools.partial(_potential, numpyro_model)),
         postprocess_fn=lambda params: constrain_fn(numpyro_model, (), {}, params,
                                                    return_deterministic=True),
         unconstrain_fn=lambda values: unconstrain_fn(priors_only, (), {}, values),
