@@ -45,6 +45,37 @@ CTVAR = dict(
 CASES = {"oscillator": (cr.CoupledOscillator(), OSCILLATOR), "ctvar": (cr.CTVAR(), CTVAR)}
 
 
+def reference_timings() -> dict:
+    """A fixed workload that does not touch coregulation, timed in every run: this
+    machine's speed varies between days (1.9x seen), so rows from different days are
+    compared through these.  Medians of 5: a pure-Python loop (tracing and
+    orchestration are Python-bound) and small numpy linear algebra."""
+    def median_ms(work):
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            work()
+            runs.append(time.perf_counter() - t)
+        return 1e3 * float(np.median(runs))
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 64)) + 64 * np.eye(64)
+    b = rng.standard_normal((64, 8))
+
+    def python_loop():
+        total = 0
+        for i in range(1_000_000):
+            total += i * i
+        return total
+
+    def linear_algebra():
+        for _ in range(300):
+            np.linalg.solve(a @ a.T, b)
+
+    return {"python_loop_ms": median_ms(python_loop),
+            "numpy_linalg_ms": median_ms(linear_algebra)}
+
+
 def environment() -> dict:
     def version(name):
         try:
@@ -68,6 +99,8 @@ def environment() -> dict:
         "python": sys.version.split()[0],
         "versions": {n: version(n) for n in ("jax", "jaxlib", "numpy", "dynamax",
                                               "statsmodels", "coregulation")},
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "reference": reference_timings(),
     }
 
 
