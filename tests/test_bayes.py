@@ -540,3 +540,27 @@ def test_cli_simulate_and_fit(tmp_path):
     bad = runner.invoke(app, ["fit", str(data), "--out", str(out), "--backend", "pymc",
                               "--method", "map"])
     assert bad.exit_code != 0 and "NUTS only" in flat(bad.output)
+
+
+def test_steady_state_check_comes_where_the_start_converges():
+    """A fit's sampler checks for the steady state at twice the steps its start point
+    needs (a power of two, at least 32), or at the default 128 when that is later."""
+    from coregulation.inference import kalman
+    from coregulation.inference.bayes import _steady_state_check, build_problem
+
+    model = cr.CTVAR()
+    truth = {k: v for k, v in CTVAR_TRUTH.items() if k in model.free_names()}
+    ds, _ = cr.simulate_dyads(model, truth, jax.random.key(0), num_dyads=2, num_sessions=1,
+                              duration=200.0)
+    problem = build_problem(model, ds, pooling=cr.Pooling(), evaluations=10**6,
+                            unbatched_sampler=True)
+    values = {k: np.asarray(v, dtype=float) for k, v in truth.items()}
+    for tau, expected_check in (([3.0, 4.0], 32), ([5.0, 8.0], 64), ([10.0, 30.0], None)):
+        point = {**values, "tau": np.array(tau)}
+        ssm = model.to_lgssm({k: jnp.asarray(v) for k, v in point.items()}, problem.batch.grid(0))
+        steps = kalman.steps_to_steady_state(ssm)
+        expected = max(32, 2 ** int(np.ceil(np.log2(2 * steps))))
+        assert (expected if expected < 128 else None) == expected_check, steps
+        assert _steady_state_check(problem, point) == expected_check
+    # moderated or otherwise non-unit population values: no guess, the default
+    assert _steady_state_check(problem, {k: v for k, v in values.items() if k != "tau"}) is None

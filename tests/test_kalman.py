@@ -158,6 +158,53 @@ def test_tail_at_steady_state_and_continued_tail_are_exact(measurement_scale):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_steps_to_steady_state_and_an_earlier_check_are_exact():
+    """``steps_to_steady_state`` finds where the plain Riccati recursion reaches the
+    scipy DARE solution to rounding (and not long before), and a steady-state check at
+    32 or 64 steps (this oscillator needs 77: the closed form continues past the
+    check) gives the sequential filter's value and gradient, as the default check at
+    128 (converged there) does."""
+    from conftest import OSCILLATOR_TRUTH
+
+    from coregulation.inference import kalman
+
+    model = cr.CoupledOscillator()
+    times = np.arange(1, 601, dtype=float)
+    y = np.array(cr.simulate_series(model, OSCILLATOR_TRUTH, times, jax.random.key(6)).y)
+    ssm = model.to_lgssm(OSCILLATOR_TRUTH, TimeGrid.from_times(times))
+    Phi, Q = np.asarray(ssm.transition[0]), np.asarray(ssm.process_cov[0])
+    H, R = np.asarray(ssm.emission), np.asarray(ssm.emission_cov)
+    P = scipy.linalg.solve_discrete_are(Phi.T, H.T, Q, R)
+    pred = Phi @ np.asarray(ssm.initial_cov) @ Phi.T + Q
+    errors = []
+    for _ in range(200):
+        errors.append(np.max(np.abs(pred - P)) / np.max(np.abs(P)))
+        gain = np.linalg.solve(H @ pred @ H.T + R, H @ pred).T
+        pred = Phi @ (pred - gain @ H @ pred) @ Phi.T + Q
+    k = kalman.steps_to_steady_state(ssm)
+    assert 64 < k < 128
+    assert errors[k] < 1e-13 and errors[k - 1] > 1e-16  # reached at k, not long before
+    assert kalman.steps_to_steady_state(ssm, limit=k - 5) == k - 4  # not within the limit
+
+    def f(transition, process_cov, emission_cov, method, converged_after=None):
+        s = ssm._replace(transition=transition, process_cov=process_cov, emission_cov=emission_cov)
+        if method == "sequential":
+            return cr.log_likelihood(s, y, method)
+        return jnp.sum(kalman.log_likelihood_terms(s, y, method, steady_from=0,
+                                                   converged_after=converged_after))
+
+    args = (ssm.transition, ssm.process_cov, ssm.emission_cov)
+    seq, g_seq = jax.value_and_grad(f, argnums=(0, 1, 2))(*args, "sequential")
+    for check in (32, 64, None):
+        fast, g_fast = jax.value_and_grad(f, argnums=(0, 1, 2))(*args, "fast", check)
+        assert abs(float(seq) - float(fast)) < AGREE * abs(float(seq))
+        for a, b in zip(g_seq, g_fast):
+            np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-7 * float(jnp.max(jnp.abs(a))))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="converged_after"):
+            kalman.log_likelihood_terms(ssm, y, "fast", converged_after=bad)
+
+
 def test_steady_state_equals_scipy_dare_and_its_implicit_gradient_is_right(rng):
     """The doubling DARE equals scipy's solver; its implicit VJP equals finite differences."""
     from scipy.linalg import solve_discrete_are

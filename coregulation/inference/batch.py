@@ -227,7 +227,8 @@ def _series_grid(batch: SeriesBatch, step_index, inputs) -> TimeGrid:
 
 def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
                                 per_step: bool = False,
-                                stop_at_steady_state: bool | str = False):
+                                stop_at_steady_state: bool | str = False,
+                                converged_after: int | None = None):
     """One series' log-likelihood as a pure function of its parameters *and its data*.
 
     Returns ``(log_likelihood, data)``: ``data`` is a tuple of per-series arrays
@@ -241,7 +242,8 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
     (:func:`~coregulation.inference.kalman.log_likelihood_terms`): it pays only where
     nothing ``vmap``s the function, since under ``vmap`` both its branches run;
     or the name of the ``vmap`` axis over series that the caller (never vmapped
-    itself) uses, so that the series switch together.
+    itself) uses, so that the series switch together.  ``converged_after``: where
+    that switch checks for the steady state (see ``log_likelihood_terms``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
@@ -266,7 +268,8 @@ def build_series_log_likelihood(model: Model, batch: SeriesBatch, method: str = 
         ssm = model.to_lgssm(params, _series_grid(batch, step_index_s, inputs_s))
         terms = log_likelihood_terms(ssm, y_s, method=method, steady_from=steady,
                                      observed=observed_s,
-                                     stop_at_steady_state=stop_at_steady_state)
+                                     stop_at_steady_state=stop_at_steady_state,
+                                     converged_after=converged_after)
         if per_step:
             terms = jnp.where(valid_s, jnp.where(jnp.isnan(terms), -jnp.inf, terms), 0.0)
             if stationary:
@@ -289,7 +292,8 @@ _SERIES_AXIS = "series"
 
 
 def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "auto",
-                               per_step: bool = False, unbatched_caller: bool = False):
+                               per_step: bool = False, unbatched_caller: bool = False,
+                               converged_after: int | None = None):
     """A pure function ``params -> (num_series,)`` log-likelihoods, one per series.
 
     With ``per_step=True`` it returns ``(num_series, num_timesteps)``: the terms
@@ -308,14 +312,18 @@ def build_batch_log_likelihood(model: Model, batch: SeriesBatch, method: str = "
     that ``vmap`` would turn into computing both sides).  Measured on one
     oscillator series, T = 600: 0.47 against 0.83 ms per value and gradient.
     Many series are vmapped over a named axis and stop together, once every one
-    has reached the steady state.
+    has reached the steady state.  ``converged_after``: how many steps into the
+    time-invariant tail that check comes (default 128; a fit picks it from its start
+    point with :func:`~coregulation.inference.kalman.steps_to_steady_state`); it
+    changes the cost, never the values.
     """
     single = unbatched_caller and batch.num_series == 1
     # an unbatched caller of many series vmaps them over a named axis, and their
     # filters leave the closed form together once all have reached the steady state
     stop = True if single else (_SERIES_AXIS if unbatched_caller else False)
     one, data = build_series_log_likelihood(model, batch, method, per_step,
-                                            stop_at_steady_state=stop)
+                                            stop_at_steady_state=stop,
+                                            converged_after=converged_after)
     table = {p.name: p for p in model.parameter_table(batch.scales)}
 
     def batch_log_likelihood(params: Mapping[str, jax.Array]) -> jax.Array:

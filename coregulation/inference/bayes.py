@@ -20,6 +20,7 @@ from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import ParamInfo
 
 from coregulation import data as data_module
+from coregulation.inference import kalman as kalman_module
 from coregulation.inference.batch import SeriesBatch, build_batch_log_likelihood
 from coregulation.inference.hierarchy import Design, Pooling, build_design, build_numpyro_model
 from coregulation.models._base import Model
@@ -285,23 +286,32 @@ def fit(
         # several CPU devices on import): chains then run on the cores in parallel,
         # each through the unbatched likelihood, and none waits for another's tree
         chain_method = "vectorized" if jax.local_device_count() < num_chains else "parallel"
+    # Thousands of gradients one point at a time: chains on their own devices,
+    # PyMC's NUTS and nutpie (the MAP start shares their program).  Vectorised
+    # chains (ours, or numpyro's through PyMC) vmap the likelihood; optimisers
+    # alone make too few calls to repay the steady-state switch's compile time.
+    unbatched_sampler = method == "nuts" and not (
+        (backend == "numpyro" and chain_method == "vectorized")
+        or (backend == "pymc" and sampler == "numpyro"))
     problem = build_problem(
         model, data, pooling=pooling, priors=priors, standardise=standardise,
         therapists=therapists, session_covariates=session_covariates, kalman=kalman,
         evaluations=expected_evaluations(method, num_chains, num_warmup, num_samples, svi_steps),
-        # Thousands of gradients one point at a time: chains on their own devices,
-        # PyMC's NUTS and nutpie (the MAP start shares their program).  Vectorised
-        # chains (ours, or numpyro's through PyMC) vmap the likelihood; optimisers
-        # alone make too few calls to repay the steady-state switch's compile time.
-        unbatched_sampler=method == "nuts" and not (
-            (backend == "numpyro" and chain_method == "vectorized")
-            or (backend == "pymc" and sampler == "numpyro")),
+        unbatched_sampler=unbatched_sampler,
     )
     numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
     key = jax.random.key(seed)
     key_init, key_run, key_pred = jax.random.split(key, 3)
     start = time.perf_counter()
     init_values, info, value_and_grad = _initialise(problem, numpyro_model)
+    head = _steady_state_check(problem, init_values) if unbatched_sampler else None
+    if head is not None:
+        # the sampler's likelihood checks for the steady state where the start reaches it
+        problem = dataclasses.replace(problem, batch_log_likelihood=build_batch_log_likelihood(
+            problem.model, problem.batch, method="fast", unbatched_caller=True,
+            converged_after=head))
+        numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
+        info = _with_model(info, numpyro_model)
     stats = {}
     if backend == "pymc":
         latent, stats = pymc_backend.sample(
@@ -530,6 +540,52 @@ def _potential(numpyro_model, params):
     return potential_energy(numpyro_model, (), {}, params)
 
 
+# Where the sampler's fast filter checks for the steady state (steps into the
+# time-invariant tail): twice the steps the start point needs, as a power of two, at
+# least this many.  Measured on case (ii) of benchmarks/fit_speed.py (40 CT-VAR
+# series, T = 300; the start reaches the steady state in 12 steps): value and
+# gradient 3.3-3.7 ms with the check at 32 steps against 5.2-5.4 ms at 128.
+_STEADY_CHECK_MIN = 32
+
+
+def _steady_state_check(problem: Problem, values: Mapping) -> int | None:
+    """``converged_after`` for the sampler's likelihood, or None for the default.
+
+    The population values at the start (every unit carries them) give one state
+    space, on the first series' grid; :func:`~coregulation.inference.kalman.steps_to_steady_state`
+    counts the steps its covariance recursion needs.  Twice that (room for units and
+    draws away from the start), rounded up to a power of two, between
+    ``_STEADY_CHECK_MIN`` and the default.  Where a draw converges later, the filter
+    simply continues in closed form: only the cost changes, never the values.
+    """
+    if problem.kalman not in ("fast", "auto") or problem.batch.steady_from is None:
+        return None
+    table = problem.model.parameter_table(problem.batch.scales)
+    if any(p.name not in values or np.shape(values[p.name]) != tuple(p.shape) for p in table):
+        return None  # population values that are not one unit's (moderated parameters)
+    params = {p.name: jnp.asarray(values[p.name], dtype=float) for p in table}
+    ssm = problem.model.to_lgssm(params, problem.batch.grid(0))
+    steps = kalman_module.steps_to_steady_state(ssm, limit=kalman_module._CONVERGED_AFTER)
+    head = max(_STEADY_CHECK_MIN, 1 << max(2 * steps - 1, 1).bit_length())
+    return head if head < kalman_module._CONVERGED_AFTER else None
+
+
+def _with_model(info: ModelInfo, numpyro_model) -> ModelInfo:
+    """``info`` with the potential and the post-processing of another numpyro model
+    (the same sites, another likelihood)."""
+    from numpyro.infer.util import constrain_fn
+
+    return dataclasses.replace(
+        info,
+        # jitted: numpyro's NUTS traces the potential's gradient twice (the chain's
+        # initial state and the tree's leapfrog); a jitted function's trace and its
+        # derivatives are cached, so the likelihood is traced once, not twice
+        potential_fn=jax.jit(functools.partial(_potential, numpyro_model)),
+        postprocess_fn=lambda params: constrain_fn(numpyro_model, (), {}, params,
+                                                   return_deterministic=True),
+    )
+
+
 def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
     """Sites and transforms from a cheap trace of the model without its likelihood.
 
@@ -539,22 +595,15 @@ def _model_info(problem, numpyro_model, init_values) -> ModelInfo:
     their unconstrained values come from the likelihood-free model's transforms,
     and the potential is only ever traced under ``jit``.
     """
-    from numpyro.infer.util import constrain_fn, unconstrain_fn
+    from numpyro.infer.util import unconstrain_fn
 
     priors_only = build_numpyro_model(problem.design, problem.batch_log_likelihood,
                                       likelihood=False)
     z = unconstrain_fn(priors_only, (), {},
                        {k: jnp.asarray(v, dtype=float) for k, v in init_values.items()})
-    return ModelInfo(
-        z=z,
-        # jitted: numpyro's NUTS traces the potential's gradient twice (the chain's
-        # initial state and the tree's leapfrog); a jitted function's trace and its
-        # derivatives are cached, so the likelihood is traced once, not twice
-        potential_fn=jax.jit(functools.partial(_potential, numpyro_model)),
-        postprocess_fn=lambda params: constrain_fn(numpyro_model, (), {}, params,
-                                                   return_deterministic=True),
-        unconstrain_fn=lambda values: unconstrain_fn(priors_only, (), {}, values),
-    )
+    info = ModelInfo(z=z, potential_fn=None, postprocess_fn=None,
+                     unconstrain_fn=lambda values: unconstrain_fn(priors_only, (), {}, values))
+    return _with_model(info, numpyro_model)
 
 
 def _flat_value_and_grad(info: ModelInfo):

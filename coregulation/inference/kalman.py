@@ -54,6 +54,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float, Int
@@ -644,11 +645,12 @@ def _time_invariant_tail(ssm: LGSSM, steady, s_inv_h, F, initial_pred_cov, num: 
 
 
 def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num: int,
-               stop: bool | str = True):
+               stop: bool | str = True, converged_after: int | None = None):
     """Covariance pass of ``num`` time-invariant steps with the same missing pattern.
 
     The closed form (:func:`_time_invariant_tail`) runs for the first
-    ``_CONVERGED_AFTER`` steps.  If the error left at the last of them, times the
+    ``converged_after`` steps (default ``_CONVERGED_AFTER``; a fit chooses it from its
+    start point, :func:`steps_to_steady_state`).  If the error left at the last of them, times the
     closed loop's largest transient amplification, is below rounding
     (``_CONVERGED_TOL``), every later step is the steady state: one measurement
     update, broadcast.  Otherwise the closed form continues from there (a
@@ -664,12 +666,12 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
     steady = _steady_state_predicted_cov(ssm, transition, process_cov)
     s_inv_h, F = _closed_loop(transition, steady, ssm.emission, ssm.emission_cov)
     update = jax.vmap(lambda pred_cov: _covariance_update(ssm, pred_cov, observed_k))
-    if not stop or num <= _CONVERGED_AFTER + _MIN_TAIL:
+    head = _CONVERGED_AFTER if converged_after is None else converged_after
+    if not stop or num <= head + _MIN_TAIL:
         pred_covs, _ = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, num)
         return update(pred_covs)
-    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred,
-                                                    _CONVERGED_AFTER)
-    rest = num - _CONVERGED_AFTER
+    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, head)
+    rest = num - head
     last = head_covs[-1]
     left = jnp.max(jnp.abs(last - steady)) * jnp.maximum(amplification, 1.0)
     converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
@@ -692,7 +694,8 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
 
 
 def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
-                     stop: bool | str = True) -> _CovariancePass:
+                     stop: bool | str = True,
+                     converged_after: int | None = None) -> _CovariancePass:
     transitions, process_covs = _step_matrices(ssm)
     num_timesteps = transitions.shape[0]
     if steady_from is None or num_timesteps - steady_from < _MIN_TAIL:
@@ -711,7 +714,8 @@ def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
     transition, process_cov = transitions[-1], process_covs[-1]
     first_pred = _sym(transition @ head_cov @ transition.T + process_cov)
     tail = num_timesteps - steady_from
-    out_tail = _tail_pass(ssm, transition, process_cov, first_pred, observed[-1], tail, stop)
+    out_tail = _tail_pass(ssm, transition, process_cov, first_pred, observed[-1], tail, stop,
+                          converged_after)
     if out_head is None:
         return out_tail
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_head, out_tail)
@@ -726,8 +730,8 @@ _affine_combine = jax.vmap(_affine_one)
 
 
 def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
-          stop: bool | str = True):
-    cp = _covariance_pass(ssm, observed, steady_from, stop)
+          stop: bool | str = True, converged_after: int | None = None):
+    cp = _covariance_pass(ssm, observed, steady_from, stop, converged_after)
     transitions, _ = _step_matrices(ssm)
     emission, _, mask = jax.vmap(lambda o: _masked_emission(ssm, o))(observed)
     n = ssm.initial_mean.shape[0]
@@ -835,6 +839,7 @@ def log_likelihood_terms(
     observed=None,
     *,
     stop_at_steady_state: bool | str = True,
+    converged_after: int | None = None,
 ) -> Float[Array, " t"]:
     """Per-step terms ``log p(y_k | y_1, ..., y_{k-1})`` (0 where nothing is observed).
 
@@ -851,11 +856,71 @@ def log_likelihood_terms(
     and run time.  A caller that vmaps over series with an ``axis_name``, and is
     itself never vmapped, passes that name instead: the series then switch
     together once all of them have converged (a real branch again).
+
+    ``converged_after``: where the switch checks for the steady state (steps into
+    the time-invariant tail; default 128).  The closed form runs that far in any
+    case, so a check at the earliest step where the steady state is reached saves
+    closed-form work; a later convergence is still exact (the closed form then
+    continues).  :func:`steps_to_steady_state` tells where it is reached.
     """
     stop = (stop_at_steady_state if isinstance(stop_at_steady_state, str)
             else bool(stop_at_steady_state))
+    if converged_after is not None and (isinstance(converged_after, bool)
+                                        or int(converged_after) != converged_after
+                                        or converged_after < 1):
+        raise ValueError(f"converged_after must be a whole number >= 1 or None; "
+                         f"got {converged_after!r}.")
     return _terms(ssm, jnp.asarray(y), _mask_or_none(observed), _check_method(method),
-                  _static_hint(steady_from), stop)
+                  _static_hint(steady_from), stop,
+                  None if converged_after is None else int(converged_after))
+
+
+def steps_to_steady_state(ssm: LGSSM, limit: int = 4096) -> int:
+    """Steps until the covariance recursion of a time-invariant tail equals its steady
+    state to rounding, by the ``fast`` filter's own test (:func:`_tail_pass`).
+
+    The recursion starts from the initial covariance, predicted one step, with the
+    model's last step (transition and process covariance) and every value observed;
+    the steady state is where the same recursion stops changing.  Plain numpy, for
+    concrete parameter values: a fit asks it at its start point where to check for
+    the steady state (``converged_after`` of :func:`log_likelihood_terms`).  Returns
+    ``limit + 1`` if the recursion has not converged within ``limit`` steps.
+    """
+    transitions, process_covs = _step_matrices(ssm)
+    A = np.asarray(transitions[-1], dtype=float)
+    Q = np.asarray(process_covs[-1], dtype=float)
+    H = np.asarray(ssm.emission, dtype=float)
+    R = np.asarray(ssm.emission_cov, dtype=float)
+
+    def riccati(P):
+        S = H @ P @ H.T + R
+        gain = np.linalg.solve(S, H @ P).T
+        out = A @ (P - gain @ H @ P) @ A.T + Q
+        return 0.5 * (out + out.T)
+
+    P0 = np.asarray(ssm.initial_cov, dtype=float)
+    preds = [0.5 * (A @ P0 @ A.T + Q + (A @ P0 @ A.T + Q).T)]
+    while len(preds) <= limit:
+        nxt = riccati(preds[-1])
+        if not np.all(np.isfinite(nxt)):
+            return limit + 1
+        if np.max(np.abs(nxt - preds[-1])) <= 4 * np.finfo(float).eps * np.max(np.abs(nxt)):
+            break
+        preds.append(nxt)
+    else:
+        return limit + 1
+    steady = preds[-1]
+    S = H @ steady @ H.T + R
+    closed_loop = A - A @ steady @ H.T @ np.linalg.solve(S, H)
+    power, amplification = np.eye(A.shape[0]), 1.0
+    for _ in range(_CONVERGED_AFTER):
+        amplification = max(amplification, float(np.sum(power**2)))
+        power = closed_loop @ power
+    tol = _CONVERGED_TOL * np.max(np.abs(steady))
+    for k, pred in enumerate(preds):
+        if np.max(np.abs(pred - steady)) * amplification <= tol:
+            return k
+    return len(preds)
 
 
 def _static_hint(steady_from) -> int | None:
@@ -869,14 +934,15 @@ def _mask_or_none(observed):
 # The public functions run as one compiled program per method and shapes, also when
 # called eagerly: op by op, the parallel and fast methods dispatch (and compile) hundreds
 # of small operations.  Inside a caller's jit or vmap the inner jit is simply inlined.
-@functools.partial(jax.jit, static_argnames=("method", "steady_from", "stop"))
-def _terms(ssm, y, observed, method, steady_from, stop):
+@functools.partial(jax.jit, static_argnames=("method", "steady_from", "stop", "converged_after"))
+def _terms(ssm, y, observed, method, steady_from, stop, converged_after=None):
     y, observed = _prepare(ssm, y, observed)
     if method == "sequential":
         return _sequential(ssm, y, observed, keep_moments=False)
     if method == "parallel":
         return _parallel(ssm, y, observed, keep_moments=False)
-    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from, stop=stop)
+    return _fast(ssm, y, observed, keep_moments=False, steady_from=steady_from, stop=stop,
+                 converged_after=converged_after)
 
 
 def kalman_filter(
