@@ -291,32 +291,23 @@ def ctvar_loglik_pytensor(v, y, dt):
     return pt.sum(terms, axis=0), stable
 
 
-def _pytensor_transform(constraint, u):
-    """The unconstrained -> constrained map numpyro uses for ``constraint``, in PyTensor."""
+def _pytensor_bijection(constraint):
+    """numpyro's maps for ``constraint`` in PyTensor: (unconstrained -> constrained,
+    constrained -> unconstrained)."""
     import pytensor.tensor as pt
     from numpyro.distributions import constraints
 
     if constraint is constraints.real:
-        return u
+        return (lambda u: u), (lambda x: x)
     if constraint is constraints.positive:
-        return pt.exp(u)
+        return pt.exp, pt.log
     if isinstance(constraint, constraints.interval):
         low, high = float(constraint.lower_bound), float(constraint.upper_bound)
-        return low + (high - low) * pt.sigmoid(u)
-    raise NotImplementedError(f"no PyTensor transform written for {constraint}.")
+        def to_unconstrained(x):
+            share = (x - low) / (high - low)
+            return pt.log(share) - pt.log1p(-share)  # logit (PyTensor has no pt.logit)
 
-
-def _pytensor_inverse(constraint, x):
-    import pytensor.tensor as pt
-    from numpyro.distributions import constraints
-
-    if constraint is constraints.real:
-        return x
-    if constraint is constraints.positive:
-        return pt.log(x)
-    if isinstance(constraint, constraints.interval):
-        low, high = float(constraint.lower_bound), float(constraint.upper_bound)
-        return pt.logit((x - low) / (high - low))
+        return (lambda u: low + (high - low) * pt.sigmoid(u)), to_unconstrained
     raise NotImplementedError(f"no PyTensor transform written for {constraint}.")
 
 
@@ -335,8 +326,8 @@ def _plain_hierarchical_ctvar(problem):
         pop = pymc_prior(p.name, p.prior, p.shape)
         sd = pm.HalfNormal(f"{p.name}_sd_dyad", sigma=design.pooling.scale_prior, shape=p.shape)
         z = pm.Normal(f"{p.name}_z_dyad", 0.0, 1.0, shape=(design.num_dyads, *p.shape))
-        u = _pytensor_inverse(p.constraint, pop) + sd * z
-        series[p.name] = _pytensor_transform(p.constraint, u)[dyad_index]
+        to_constrained, to_unconstrained = _pytensor_bijection(p.constraint)
+        series[p.name] = to_constrained(to_unconstrained(pop) + sd * z)[dyad_index]
     return series
 
 
