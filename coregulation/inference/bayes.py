@@ -543,8 +543,9 @@ def _potential(numpyro_model, params):
 # Where the sampler's fast filter checks for the steady state (steps into the
 # time-invariant tail): twice the steps the start point needs, as a power of two, at
 # least this many.  Measured on case (ii) of benchmarks/fit_speed.py (40 CT-VAR
-# series, T = 300; the start reaches the steady state in 12 steps): value and
-# gradient 3.3-3.7 ms with the check at 32 steps against 5.2-5.4 ms at 128.
+# series, T = 300; the start reaches the steady state in 12 steps), the two builds
+# timed in alternating rounds (benchmarks/hierarchy_likelihood.py): value and gradient
+# 3.55-3.87 ms with the check at 32 steps against 4.68-4.95 ms at 128.
 _STEADY_CHECK_MIN = 32
 
 

@@ -898,8 +898,8 @@ def steps_to_steady_state(ssm: LGSSM, limit: int = 4096) -> int:
         out = A @ (P - gain @ H @ P) @ A.T + Q
         return 0.5 * (out + out.T)
 
-    P0 = np.asarray(ssm.initial_cov, dtype=float)
-    preds = [0.5 * (A @ P0 @ A.T + Q + (A @ P0 @ A.T + Q).T)]
+    first = A @ np.asarray(ssm.initial_cov, dtype=float) @ A.T + Q
+    preds = [0.5 * (first + first.T)]
     while len(preds) <= limit:
         nxt = riccati(preds[-1])
         if not np.all(np.isfinite(nxt)):
