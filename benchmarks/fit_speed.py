@@ -358,7 +358,9 @@ def run_plain_pymc(model, ds, pooling, settings, seed):
         idata = pm.sample(draws=settings["num_samples"], tune=settings["num_warmup"],
                           chains=settings["num_chains"], random_seed=seed, progressbar=False)
     wall = time.perf_counter() - start
-    names = [p.name for p in problem.design.table]
+    # every sampled site (population values, dyad SDs, standardised dyad effects), as
+    # for the other tools: the minimum ESS is taken over the same quantities
+    names = [n for n in idata.posterior.data_vars if not n.endswith("__")]
     draws = {n: idata.posterior[n].values for n in names}
     return summarise(draws, names, wall, int(idata.sample_stats["diverging"].sum()))
 
@@ -433,7 +435,8 @@ def main() -> None:
                    **settings, **result}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    write_results(f"fit_speed-{env['commit']}{'-quick' if args.quick else ''}", env, rows)
+            # after every tool: a long run stopped part-way keeps the rows it has
+            write_results(f"fit_speed-{env['commit']}{'-quick' if args.quick else ''}", env, rows)
 
 
 if __name__ == "__main__":
