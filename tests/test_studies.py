@@ -126,6 +126,33 @@ def test_batched_modes_and_hessians_equal_independent_fits_of_each_replicate():
         np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.06)
 
 
+def test_replicate_fits_with_other_moderator_values_get_their_own_program():
+    """The compiled replicate density closes over the batch's distinct steps, moderator
+    values included.  A batch with the same step lengths but other moderator values must
+    not reuse it: that would score its data under the first batch's z(t)."""
+    from conftest import CTVAR_TRUTH
+
+    from coregulation.inference.replicates import _COMPILED
+
+    model = cr.CTVAR(moderators=("speaking",))
+    times = np.arange(1.0, 151.0)
+    scales = PriorScales(1.0, 150.0, 1.0)
+    truth = dict(CTVAR_TRUTH, therapist_to_client_moderation=np.array([0.5]),
+                 client_to_therapist_moderation=np.array([0.0]))
+    z_a = (times > 75).astype(float)[:, None]
+    z_b = 2.0 * z_a  # the same step lengths, other moderator values
+    y = cr.simulate_series(model, truth, times, jax.random.key(3), moderators=z_a).y
+    batch_a = SeriesBatch.from_series([(times, y, None, z_a)])
+    batch_b = SeriesBatch.from_series([(times, y, None, z_b)])
+    mode_a = fit_replicates(model, batch_a, scales, method="map", seed=0).mode
+    after_a = fit_replicates(model, batch_b, scales, method="map", seed=0).mode
+    _COMPILED.clear()
+    alone = fit_replicates(model, batch_b, scales, method="map", seed=0).mode
+    np.testing.assert_allclose(after_a, alone, atol=1e-8)
+    # the moderator values matter: the first batch's mode is another one
+    assert np.max(np.abs(mode_a - alone)) > 1e-3
+
+
 def _hierarchical_reference(model, ds, scales):
     """``fit``'s hierarchical potential for one dataset, built the way ``fit`` builds it
     (the batch's likelihood closes over its data; the sequential filter)."""

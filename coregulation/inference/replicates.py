@@ -100,8 +100,13 @@ _COMPILED: dict = {}
 def _cache_key(model, batch, scales, kalman, what):
     from coregulation.inference.results import model_spec
 
+    # everything the programs close over besides the data: the model, the prior scales,
+    # the distinct steps (their lengths and their moderator values) and the
+    # steady-state hint
+    moderators = np.ascontiguousarray(batch.step_moderators, dtype=float)
     return (what, json.dumps(model_spec(model), sort_keys=True, default=str), scales,
-            tuple(np.round(batch.step_lengths, 12)), batch.steady_from, kalman)
+            tuple(np.round(batch.step_lengths, 12)), moderators.shape, moderators.tobytes(),
+            batch.steady_from, kalman)
 
 
 def _batched_value_and_grad(log_density):
