@@ -689,7 +689,12 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
         pred_covs, _ = _time_invariant_tail(ssm, steady, s_inv_h, F, following, rest)
         return update(pred_covs)
 
-    out_rest = lax.cond(converged, at_steady_state, continued, last)
+    # ``continued`` is rematerialised: differentiating a ``cond`` keeps residuals for
+    # both branches, and this one's (the closed form over the rest of the tail) are
+    # large; with ``jax.checkpoint`` it keeps only its input, and recomputes itself in
+    # the backward pass in the rare case it ran.  Same values and gradients; measured
+    # about 10% less per value and gradient (case (ii) and case (i) likelihoods).
+    out_rest = lax.cond(converged, at_steady_state, jax.checkpoint(continued), last)
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), update(head_covs), out_rest)
 
 
