@@ -92,7 +92,7 @@ def test_one_series_build_for_unbatched_callers_matches_the_batched_build():
 
 def test_many_series_for_unbatched_callers_switch_together():
     """Many series for an unbatched caller (parallel chains of a hierarchical fit): the
-    series are vmapped over a named axis and leave the closed-form tail together,
+    series are vmapped over a named axis and leave the covariance recursion together,
     once all have reached the steady state.  Same values and gradients as the plain
     vmapped build, with per-series parameters, when every series has converged and
     when one has not (its measurement error 300x: the continued branch for all)."""

@@ -161,7 +161,7 @@ def test_tail_at_steady_state_and_continued_tail_are_exact(measurement_scale):
 def test_steps_to_steady_state_and_an_earlier_check_are_exact():
     """``steps_to_steady_state`` finds where the plain Riccati recursion reaches the
     scipy DARE solution to rounding (and not long before), and a steady-state check at
-    32 or 64 steps (this oscillator needs 77: the closed form continues past the
+    32 or 64 steps (this oscillator needs 77: the recursion continues past the
     check) gives the sequential filter's value and gradient, as the default check at
     128 (converged there) does."""
     from conftest import OSCILLATOR_TRUTH
