@@ -30,7 +30,7 @@ FIT_METHODS = ("nuts", "svi", "laplace", "map")
 BACKENDS = ("numpyro", "pymc")
 # NUTS gets a dense mass matrix by default up to this many unconstrained coordinates.
 DENSE_MASS_MAX_DIM = 40
-# draws per compiled call when mapping unconstrained draws back to every site
+# draws per device and compiled call when mapping unconstrained draws back to every site
 _POSTPROCESS_CHUNK = 64
 
 
@@ -709,12 +709,28 @@ def _unconstrain(info: ModelInfo, latent: dict) -> dict:
     return jax.vmap(info.unconstrain_fn)(latent)
 
 
+def _postprocess_layout(total: int):
+    """Draws per compiled call and their sharding over the local devices.
+
+    Each device takes up to ``_POSTPROCESS_CHUNK`` draws of a call: the chunk's
+    draws are split over the devices (the CPU devices that parallel chains run on,
+    one per core or more), so the post-processing runs on every core.  Measured on
+    case (i), 4000 draws: 2.47 s on one device, 1.32 s on two (RESULTS.md).
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    per_device = min(_POSTPROCESS_CHUNK, -(-total // len(devices)))
+    sharding = NamedSharding(Mesh(np.array(devices), ("draws",)), PartitionSpec("draws"))
+    return per_device * len(devices), sharding
+
+
 def _postprocess_lowered(info: ModelInfo, total: int):
     """The post-processing of a chunk of draws (``total`` draws in all), traced and
     lowered, ready for XLA to compile."""
-    chunk = min(_POSTPROCESS_CHUNK, total)
-    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((chunk, *jnp.shape(a)), jnp.result_type(a)),
-                          info.z)
+    chunk, sharding = _postprocess_layout(total)
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((chunk, *jnp.shape(a)), jnp.result_type(a),
+                                                         sharding=sharding), info.z)
     return jax.jit(jax.vmap(info.postprocess_fn)).lower(shapes)
 
 
@@ -748,7 +764,7 @@ def _postprocess(info: ModelInfo, unconstrained: dict, program=None) -> dict:
     flat = jax.tree.map(lambda a: np.asarray(a).reshape((total, *a.shape[2:])), unconstrained)
     # Fixed chunks of draws through one compiled vmap, looped in Python; the last chunk
     # is padded with copies of the last draw, so every chunk has the same shape.
-    chunk = min(_POSTPROCESS_CHUNK, total)
+    chunk, sharding = _postprocess_layout(total)
     if program is not None and hasattr(program, "result"):
         program = program.result()
     run = _postprocess_lowered(info, total).compile() if program is None else program
@@ -756,7 +772,7 @@ def _postprocess(info: ModelInfo, unconstrained: dict, program=None) -> dict:
     for start in range(0, total, chunk):
         index = np.minimum(np.arange(start, start + chunk), total - 1)
         keep = min(chunk, total - start)
-        out = run(jax.tree.map(lambda a, index=index: a[index], flat))
+        out = run(jax.device_put(jax.tree.map(lambda a, index=index: a[index], flat), sharding))
         pieces.append(jax.tree.map(lambda a, keep=keep: np.asarray(a)[:keep], out))
     out = jax.tree.map(lambda *a: np.concatenate(a), *pieces)
     return {k: np.asarray(v).reshape((chains, draws, *np.shape(v)[1:])) for k, v in out.items()}
