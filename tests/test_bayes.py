@@ -242,6 +242,39 @@ def test_hierarchy_sites_and_pooled_values(small_study):
     np.testing.assert_allclose(shared, trace["client_to_therapist"]["value"])
 
 
+@pytest.mark.parametrize("pooling, therapists", [
+    (Pooling(levels=("dyad", "session")), None),
+    (Pooling(levels=("dyad", "therapist")), ["a", "b", "a"]),
+    (Pooling(levels=("dyad",), centred=True), None),
+    (Pooling(levels=("dyad",), correlated=True), None),
+])
+def test_grouped_curvature_equals_the_per_coordinate_diagonal(small_study, pooling, therapists):
+    """The initial mass matrix moves the same coordinate of every unit (dyad, session,
+    therapist) at once to difference the gradient; its diagonal must equal the one
+    from moving each coordinate alone, away from the start (where all units agree)."""
+    from coregulation.inference import bayes
+
+    model, ds = small_study
+    problem = bayes.build_problem(model, ds, pooling=pooling, therapists=therapists,
+                                  kalman="sequential")
+    numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
+    _, info, value_and_grad = bayes._initialise(problem, numpyro_model)
+    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
+    groups = bayes._separable_groups(info.z, unravel)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(flat.size))
+    assert len(groups) < flat.size  # some coordinates do move together
+    x = np.asarray(flat) + 0.3 * np.random.default_rng(2).standard_normal(flat.size)
+
+    def grad(v):
+        return value_and_grad(jnp.asarray(v))[1]
+
+    grouped = bayes._fd_hessian_diagonal(grad, x, groups)
+    alone = bayes._fd_hessian_diagonal(grad, x, [np.array([i]) for i in range(flat.size)])
+    np.testing.assert_allclose(grouped, alone, rtol=1e-7, atol=1e-9 * np.max(np.abs(alone)))
+    full = np.diag(bayes._fd_hessian(grad, x, 1e-4))  # the plain Hessian's diagonal
+    np.testing.assert_allclose(alone, full, rtol=1e-12)
+
+
 def test_population_sites_live_on_the_parameter_space_scale():
     """numpyro's unconstrained image of each population value is ParameterSpace's (the
     parameter's constraint, not the support its prior reports: ``period`` and

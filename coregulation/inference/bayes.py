@@ -670,20 +670,65 @@ def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e
     depth.  ``1 / H_ii`` at the MAP start (capped at ``ceiling``, the prior scale
     of the standardised effects; ``ceiling`` where the curvature is not positive)
     gives the sampler the right scales from the first iteration; adaptation
-    refines it.  ``H_ii`` comes from central differences of the gradient (2n
-    gradient calls), far cheaper to compile than a forward-over-reverse Hessian.
+    refines it.  ``H_ii`` comes from central differences of the gradient, far
+    cheaper to compile than a forward-over-reverse Hessian: two gradient calls per
+    group of coordinates without cross-curvature (:func:`_separable_groups`).
     """
-    flat, _ = jax.flatten_util.ravel_pytree(info.z)
+    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
     if value_and_grad is None:
         value_and_grad = _flat_value_and_grad(info)[2]
 
     def grad(x):
         return value_and_grad(x)[1]
 
-    curvature = np.diag(_fd_hessian(grad, np.asarray(flat, dtype=float), step))
+    curvature = _fd_hessian_diagonal(grad, np.asarray(flat, dtype=float),
+                                     _separable_groups(info.z, unravel), step)
     good = np.isfinite(curvature) & (curvature > 0)
     inverse = np.where(good, 1.0 / np.where(good, curvature, 1.0), ceiling)
     return np.clip(inverse, 1e-8, ceiling)
+
+
+def _separable_groups(z: dict, unravel) -> list[np.ndarray]:
+    """Flat coordinates of ``z`` in groups whose Hessian block is diagonal.
+
+    A level's effects (``{name}_z_{level}``, ``{name}_effect_{level}``, ``dyad_z``)
+    carry one row per unit (dyad, session, therapist).  Two units of one level never
+    share a series, and their priors are independent given the population sites,
+    so the same coordinate of different units has no cross-curvature: those
+    coordinates form one group.  Every other coordinate is a group of its own.
+    """
+    from coregulation.inference.hierarchy import LEVELS
+
+    positions = unravel(jnp.arange(sum(np.size(v) for v in jax.tree.leaves(z)), dtype=float))
+    groups = []
+    for name, index in positions.items():
+        index = np.asarray(index, dtype=int)
+        units = name == "dyad_z" or any(name.endswith((f"_z_{level}", f"_effect_{level}"))
+                                        for level in LEVELS)
+        if units and index.ndim >= 1 and index.shape[0] > 1:
+            groups.extend(index.reshape(index.shape[0], -1).T)  # a column: every unit
+        else:
+            groups.extend(index.reshape(-1, 1))
+    return groups
+
+
+def _fd_hessian_diagonal(grad, x: np.ndarray, groups, step: float = 1e-4) -> np.ndarray:
+    """Diagonal of the Hessian by central differences of an exact gradient, the
+    coordinates of each group (:func:`_separable_groups`) moved together.
+
+    Within a group the Hessian is diagonal, so each moved coordinate's gradient
+    change is its own curvature times its own step: 2 gradient calls per group
+    instead of per coordinate (case (ii): 33 groups for 462 coordinates).
+    """
+    x = np.asarray(x, dtype=float)
+    diagonal = np.empty(x.size)
+    for index in groups:
+        h = step * np.maximum(1.0, np.abs(x[index]))
+        up, down = x.copy(), x.copy()
+        up[index] += h
+        down[index] -= h
+        diagonal[index] = (np.asarray(grad(up))[index] - np.asarray(grad(down))[index]) / (2 * h)
+    return diagonal
 
 
 def _fd_hessian(grad, x: np.ndarray, step: float = 1e-5) -> np.ndarray:
