@@ -35,10 +35,9 @@ import jax  # noqa: E402
 import numpyro.infer.mcmc as numpyro_mcmc  # noqa: E402
 from fit_speed import case_data  # noqa: E402
 from kalman_speed import environment, write_results  # noqa: E402
+from numpyro.infer.hmc_util import build_adaptation_schedule  # noqa: E402
 
 import coregulation as cr  # noqa: E402
-
-WINDOWS = ((0, 75), (75, 100), (100, 150), (150, 250), (250, 450), (450, 950), (950, 1000))
 
 
 def profiled_fit(case: str, seed: int, num_warmup: int, num_samples: int) -> dict:
@@ -75,10 +74,8 @@ def profiled_fit(case: str, seed: int, num_warmup: int, num_samples: int) -> dic
         numpyro_mcmc.MCMC.run = original
     steps, step_size = record["steps"], record["step_size"]
     windows = []
-    for first, last in WINDOWS:
-        if first >= steps.shape[1]:
-            break
-        last = min(last, steps.shape[1])
+    for window in build_adaptation_schedule(num_warmup):
+        first, last = int(window.start), int(window.end) + 1
         windows.append({
             "iterations": [first, last],
             "mean_steps": float(steps[:, first:last].mean()),
