@@ -275,45 +275,6 @@ def test_grouped_curvature_equals_the_per_coordinate_diagonal(small_study, pooli
     np.testing.assert_allclose(alone, full, rtol=1e-12)
 
 
-@pytest.mark.parametrize("pooling, therapists, units", [
-    (Pooling(levels=("dyad", "session")), None, {"dyad": 3, "session": 6}),
-    (Pooling(levels=("dyad", "therapist")), ["a", "b", "a"], {"dyad": 3, "therapist": 2}),
-    (Pooling(levels=("dyad",), centred=True), None, {"dyad": 3}),
-    (Pooling(levels=("dyad",), correlated=True), None, {"dyad": 3}),
-])
-def test_initial_mass_of_level_scales_is_the_geometric_mean_of_both_regimes(
-        small_study, pooling, therapists, units):
-    """At the start every unit sits at its population value, so a level's log scale has
-    no likelihood curvature and ``1 / H_ii`` says nothing (it is at the ceiling).  Its
-    initial inverse mass is then ``sqrt(ceiling / (2 (J - 1)))`` with ``J`` the level's
-    units in the data (3 dyads, 6 dyad-sessions, 2 therapists); every other coordinate
-    keeps ``1 / H_ii`` from the plain per-coordinate Hessian."""
-    from coregulation.inference import bayes
-
-    model, ds = small_study
-    problem = bayes.build_problem(model, ds, pooling=pooling, therapists=therapists,
-                                  kalman="sequential")
-    numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
-    _, info, value_and_grad = bayes._initialise(problem, numpyro_model)
-    inverse = bayes.initial_inverse_mass(info, value_and_grad=value_and_grad)
-    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
-    hessian = np.diag(bayes._fd_hessian(lambda v: value_and_grad(jnp.asarray(v))[1],
-                                        np.asarray(flat), 1e-4))
-    plain = np.clip(np.where(hessian > 0, 1.0 / np.where(hessian > 0, hessian, 1.0), 1.0),
-                    1e-8, 1.0)
-    expected = plain.copy()
-    seen = set()
-    for name, index in unravel(jnp.arange(flat.size, dtype=float)).items():
-        index = np.asarray(index, dtype=int).reshape(-1)
-        for level, count in units.items():
-            if name.endswith(f"_sd_{level}"):
-                seen.add(level)
-                np.testing.assert_array_equal(plain[index], 1.0)  # uninformative here
-                expected[index] = np.sqrt(1.0 / (2.0 * (count - 1)))
-    assert seen == set(units)
-    np.testing.assert_allclose(inverse, expected, rtol=1e-6)
-
-
 def test_population_sites_live_on_the_parameter_space_scale():
     """numpyro's unconstrained image of each population value is ParameterSpace's (the
     parameter's constraint, not the support its prior reports: ``period`` and

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -674,9 +673,7 @@ def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e
     gives the sampler the right scales from the first iteration; adaptation
     refines it.  ``H_ii`` comes from central differences of the gradient, far
     cheaper to compile than a forward-over-reverse Hessian: two gradient calls per
-    group of coordinates without cross-curvature (:func:`_separable_groups`).  A
-    level's log scale, whose curvature at the start says nothing, gets the value of
-    :func:`_level_scale_inverse_mass` instead.
+    group of coordinates without cross-curvature (:func:`_separable_groups`).
     """
     flat, unravel = jax.flatten_util.ravel_pytree(info.z)
     if value_and_grad is None:
@@ -689,42 +686,7 @@ def initial_inverse_mass(info: ModelInfo, ceiling: float = 1.0, step: float = 1e
                                      _separable_groups(info.z, unravel), step)
     good = np.isfinite(curvature) & (curvature > 0)
     inverse = np.where(good, 1.0 / np.where(good, curvature, 1.0), ceiling)
-    return _level_scale_inverse_mass(info.z, np.clip(inverse, 1e-8, ceiling), ceiling)
-
-
-def _level_scale_inverse_mass(z: dict, inverse: np.ndarray, ceiling: float) -> np.ndarray:
-    """Initial inverse mass of each level's log scale (``{name}_sd_{level}``).
-
-    The start puts every unit at its population value (effects 0), where the
-    likelihood has no curvature along a level's log scale: only the prior's weak
-    curvature is measured, and the inverse mass sits at ``ceiling``.  The posterior
-    variance of ``log sd`` is about ``1 / (2 (J - 1))`` for a scale the ``J`` units
-    pin down (the sampling variance of a log standard deviation), and of the order
-    of the prior's (``ceiling``) for a scale they do not; the start cannot tell the
-    two apart.  Their geometric mean is off from either by at most
-    ``sqrt(2 (J - 1) ceiling)`` (9 for 40 dyads) instead of up to ``2 (J - 1)``.
-    Measured in RESULTS.md: fewer leapfrog steps in the early warm-up.
-    """
-    from coregulation.inference.hierarchy import LEVELS
-
-    flat, unravel = jax.flatten_util.ravel_pytree(z)
-    positions = unravel(jnp.arange(flat.size, dtype=float))
-    out = inverse.copy()
-    for name, index in positions.items():
-        for level in LEVELS:
-            base = name.removesuffix(f"_sd_{level}")
-            if base == name:
-                continue
-            units = [u for u in (f"{base}_z_{level}", f"{base}_effect_{level}",
-                                 "dyad_z" if level == "dyad" else None) if u in positions]
-            if not units or np.ndim(positions[units[0]]) < 1:
-                continue
-            count = np.shape(positions[units[0]])[0]
-            if count < 2:
-                continue
-            scale = np.asarray(index, dtype=int).reshape(-1)
-            out[scale] = np.minimum(out[scale], math.sqrt(ceiling / (2.0 * (count - 1))))
-    return out
+    return np.clip(inverse, 1e-8, ceiling)
 
 
 def _separable_groups(z: dict, unravel) -> list[np.ndarray]:
