@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions
 import pytest
+import scipy.optimize
 import scipy.stats
 from typer.testing import CliRunner
 
@@ -273,6 +274,54 @@ def test_grouped_curvature_equals_the_per_coordinate_diagonal(small_study, pooli
     np.testing.assert_allclose(grouped, alone, rtol=1e-7, atol=1e-9 * np.max(np.abs(alone)))
     full = np.diag(bayes._fd_hessian(grad, x, 1e-4))  # the plain Hessian's diagonal
     np.testing.assert_allclose(alone, full, rtol=1e-12)
+
+
+@pytest.mark.parametrize("pooling, therapists", [
+    (Pooling(levels=("dyad", "session")), None),
+    (Pooling(levels=("dyad", "therapist")), ["a", "b", "a"]),
+    (Pooling(levels=("dyad",), correlated=True), None),
+])
+def test_joint_start_reaches_the_joint_mode(small_study, pooling, therapists):
+    """NUTS starts hierarchical fits from a joint search over every coordinate (units
+    included); run to convergence it must find the mode that an independent optimiser
+    (BFGS, from another point) finds, and cut short it must still lower the potential."""
+    from coregulation.inference import bayes
+
+    model, ds = small_study
+    problem = bayes.build_problem(model, ds, pooling=pooling, therapists=therapists,
+                                  kalman="sequential")
+    assert bayes._units_start_at_population(problem.design)
+    numpyro_model = build_numpyro_model(problem.design, problem.batch_log_likelihood)
+    _, info, value_and_grad = bayes._initialise(problem, numpyro_model)
+    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
+
+    def potential(x):
+        return float(value_and_grad(jnp.asarray(x))[0])
+
+    short = bayes._joint_start(info, value_and_grad, iterations=5)
+    assert potential(jax.flatten_util.ravel_pytree(short.z)[0]) < potential(flat)
+    mode = jax.flatten_util.ravel_pytree(bayes._joint_start(info, value_and_grad, 2000).z)[0]
+    effects = [name for name in info.z if "_z_" in name or name == "dyad_z"]
+    assert effects and all(np.ptp(np.asarray(unravel(mode)[name])) > 1e-3 for name in effects)
+
+    x = np.asarray(flat) + 0.1 * np.random.default_rng(5).standard_normal(flat.size)
+    other = scipy.optimize.minimize(
+        lambda v: tuple(np.asarray(a, dtype=float) for a in value_and_grad(jnp.asarray(v))),
+        x, jac=True, method="BFGS", options={"gtol": 1e-8, "maxiter": 5000})
+    assert abs(potential(mode) - other.fun) < 1e-6 * abs(other.fun)
+    # L-BFGS-B stops on its default tolerances: flat directions agree less closely
+    np.testing.assert_allclose(np.asarray(mode), other.x, atol=1e-2)
+
+
+def test_no_joint_start_for_centred_or_single_level_designs(small_study):
+    """Centred levels have no joint mode (the density grows as a scale shrinks) and a
+    design without levels has no units: their start stays the pooled MAP."""
+    from coregulation.inference import bayes
+
+    model, ds = small_study
+    for pooling in (Pooling(levels=("dyad",), centred=True), Pooling(levels=())):
+        problem = bayes.build_problem(model, ds, pooling=pooling, kalman="sequential")
+        assert not bayes._units_start_at_population(problem.design)
 
 
 def test_population_sites_live_on_the_parameter_space_scale():
