@@ -189,9 +189,11 @@ def fit(
         (default) a z-scored copy is fitted (per person-session, METHODS.md §3.1),
         the user's dataset is untouched and the scale factors are kept in the result.
     method
-        ``"nuts"`` (NumPyro NUTS, initialised from the MAP), ``"svi"`` (mean-field
-        normal guide), ``"laplace"`` (normal approximation at the MAP, unconstrained
-        scale) or ``"map"`` (posterior mode only).
+        ``"nuts"`` (NumPyro NUTS, initialised from the MAP: the complete-pooling one,
+        and for hierarchical fits with ``num_warmup >= 1000`` a search for the joint
+        mode from there), ``"svi"`` (mean-field normal guide), ``"laplace"`` (normal
+        approximation at the MAP, unconstrained scale) or ``"map"`` (posterior mode
+        only).
     pooling
         :class:`Pooling`; default: all free parameters pooled across dyads when there
         are several dyads, one shared set of parameters otherwise.
