@@ -531,6 +531,18 @@ _JOINT_START_ITERATIONS = 100
 _JOINT_START_MIN_WARMUP = 1000
 
 
+def _scipy_objective(value_and_grad):
+    """The flat potential's compiled ``value_and_grad`` as a scipy objective (float,
+    float array); a non-finite value reads as 1e300 with a zero gradient, so L-BFGS
+    backs off instead of stopping."""
+    def fun(x):
+        v, g = value_and_grad(jnp.asarray(x))
+        v = float(v)
+        return (v, np.asarray(g, dtype=float)) if np.isfinite(v) else (1e300, np.zeros_like(x))
+
+    return fun
+
+
 def _units_start_at_population(design) -> bool:
     """Whether the design has unit sites (dyad, session or therapist effects) that
     :func:`_initialise` leaves at the population value, non-centred."""
@@ -554,12 +566,7 @@ def _joint_start(info: ModelInfo, value_and_grad,
     """
     x0, unravel = jax.flatten_util.ravel_pytree(info.z)
     x0 = np.asarray(x0, dtype=float)
-
-    def fun(x):
-        v, g = value_and_grad(jnp.asarray(x))
-        v = float(v)
-        return (v, np.asarray(g, dtype=float)) if np.isfinite(v) else (1e300, np.zeros_like(x))
-
+    fun = _scipy_objective(value_and_grad)
     start = fun(x0)[0]
     result = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
                                      options={"maxiter": iterations})
@@ -886,14 +893,8 @@ def _find_mode(info: ModelInfo, hessian: bool, value_and_grad=None):
     there, from ``info.z``; ``value_and_grad`` is :func:`_flat_value_and_grad`'s."""
     x0 = jax.flatten_util.ravel_pytree(info.z)[0]
     potential = _flat_value_and_grad(info)[2] if value_and_grad is None else value_and_grad
-
-    def fun(x):
-        v, g = potential(jnp.asarray(x))
-        v = float(v)
-        return (v, np.asarray(g)) if np.isfinite(v) else (1e300, np.zeros_like(x))
-
-    result = scipy.optimize.minimize(fun, np.asarray(x0, dtype=float), jac=True,
-                                     method="L-BFGS-B",
+    result = scipy.optimize.minimize(_scipy_objective(potential), np.asarray(x0, dtype=float),
+                                     jac=True, method="L-BFGS-B",
                                      options={"maxiter": 5000, "ftol": 1e-12})
     mode = result.x
     if not hessian:
