@@ -96,12 +96,17 @@ def test_many_series_for_unbatched_callers_switch_together():
     series are vmapped over a named axis and leave the covariance recursion together,
     once all have reached the steady state.  Same values and gradients as the plain
     vmapped build, with per-series parameters, when every series has converged and
-    when one has not (its measurement error 300x: the continued branch for all)."""
+    when one has not (its measurement error 300x: the continued branch for all).
+    Their tails' means and terms then run on the steady state's constant matrices
+    (``kalman._fast_to_steady_state``); a burst of missing values in one series puts
+    the tail's start past the first steps."""
     model, truth = cr.CTVAR(), MODEL_CASES["ctvar"][1]
     times = np.arange(1.0, 401.0)
     series = [(times, np.array(cr.simulate_series(model, truth, times, jax.random.key(k)).y),
                None, None) for k in range(3)]
+    series[0][1][30:34, 0] = np.nan
     batch = SeriesBatch.from_series(series)
+    assert batch.steady_from == 34
     plain = build_batch_log_likelihood(model, batch, method="fast")
     unbatched = build_batch_log_likelihood(model, batch, method="fast", unbatched_caller=True)
     value_and_grad = jax.jit(jax.value_and_grad(lambda p: jnp.sum(unbatched(p))))

@@ -687,13 +687,7 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
         # branch rarely runs, and a scan compiles in less time than the closed form
         # over the rest (measured: case (i)'s value and gradient compile 2.7 s sooner
         # and trace 1 s sooner; RESULTS.md)
-        def step(pred_cov, _):
-            pred_cov = _riccati_map(pred_cov, transition, process_cov, ssm.emission,
-                                    ssm.emission_cov)
-            return pred_cov, pred_cov
-
-        _, pred_covs = lax.scan(step, last, None, length=rest)
-        return update(pred_covs)
+        return update(_riccati_steps(ssm, transition, process_cov, last, rest))
 
     # ``continued`` is rematerialised: differentiating a ``cond`` keeps residuals for
     # both branches; with ``jax.checkpoint`` this one keeps only its input, and
@@ -702,6 +696,33 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
     # case (i) likelihoods).
     out_rest = lax.cond(converged, at_steady_state, jax.checkpoint(continued), last)
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), update(head_covs), out_rest)
+
+
+def _varying_head(ssm: LGSSM, transitions, process_covs, observed, steady_from: int):
+    """The sequential covariance pass up to ``steady_from`` (steps or missing pattern
+    vary there) and the time-invariant tail's first predicted covariance.
+
+    Returns ``(first_pred, out_head)``, ``out_head`` None where ``steady_from`` is 0.
+    """
+    head_cov = ssm.initial_cov
+    out_head = None
+    if steady_from > 0:
+        head_cov, out_head = _covariance_scan(
+            ssm, ssm.initial_cov, transitions[:steady_from], process_covs[:steady_from],
+            observed[:steady_from],
+        )
+    transition, process_cov = transitions[-1], process_covs[-1]
+    return _sym(transition @ head_cov @ transition.T + process_cov), out_head
+
+
+def _riccati_steps(ssm: LGSSM, transition, process_cov, last, num: int):
+    """``num`` predicted covariances of the Riccati recursion itself after ``last``."""
+    def step(pred_cov, _):
+        pred_cov = _riccati_map(pred_cov, transition, process_cov, ssm.emission,
+                                ssm.emission_cov)
+        return pred_cov, pred_cov
+
+    return lax.scan(step, last, None, length=num)[1]
 
 
 def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
@@ -715,15 +736,8 @@ def _covariance_pass(ssm: LGSSM, observed, steady_from: int | None,
 
     # Up to ``steady_from`` the steps or the missing pattern vary: sequential scan.
     # From there on nothing varies, and the Riccati recursion has a closed form.
-    head_cov = ssm.initial_cov
-    out_head = None
-    if steady_from > 0:
-        head_cov, out_head = _covariance_scan(
-            ssm, ssm.initial_cov, transitions[:steady_from], process_covs[:steady_from],
-            observed[:steady_from],
-        )
+    first_pred, out_head = _varying_head(ssm, transitions, process_covs, observed, steady_from)
     transition, process_cov = transitions[-1], process_covs[-1]
-    first_pred = _sym(transition @ head_cov @ transition.T + process_cov)
     tail = num_timesteps - steady_from
     out_tail = _tail_pass(ssm, transition, process_cov, first_pred, observed[-1], tail, stop,
                           converged_after)
@@ -740,18 +754,20 @@ def _affine_one(e1, e2):
 _affine_combine = jax.vmap(_affine_one)
 
 
-def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
-          stop: bool | str = True, converged_after: int | None = None):
-    cp = _covariance_pass(ssm, observed, steady_from, stop, converged_after)
-    transitions, _ = _step_matrices(ssm)
+def _mean_pass(ssm: LGSSM, transitions, state_offset, cp: _CovariancePass, y, observed,
+               initial_mean):
+    """The means and per-step log-likelihood terms, given the covariance pass.
+
+    Returns ``(log_lik_steps, pred_means, filt_means)``.
+    """
     emission, _, mask = jax.vmap(lambda o: _masked_emission(ssm, o))(observed)
-    n = ssm.initial_mean.shape[0]
+    n = initial_mean.shape[0]
     i_kh = jnp.eye(n, dtype=transitions.dtype)[None] - _bmm(cp.gain, emission)
     # m_k = (I - K H~)(Phi m_{k-1} + c_k) + K o(y_k - d)
     F = _bmm(i_kh, transitions)
-    g = _bmv(i_kh, ssm.state_offset) + _bmv(cp.gain, mask * (y - ssm.emission_offset[None]))
+    g = _bmv(i_kh, state_offset) + _bmv(cp.gain, mask * (y - ssm.emission_offset[None]))
     # Fold the initial mean into the first map, so the scan yields the means directly.
-    g = g.at[0].add(F[0] @ ssm.initial_mean)
+    g = g.at[0].add(F[0] @ initial_mean)
     F = F.at[0].set(jnp.zeros_like(F[0]))
     if jax.default_backend() == "cpu":
         # Measured: on CPU a sequential scan over the affine maps is ~4x cheaper
@@ -762,16 +778,121 @@ def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
             mean = F_k @ mean + g_k
             return mean, mean
 
-        _, filt_means = lax.scan(compose, jnp.zeros_like(ssm.initial_mean), (F, g))
+        _, filt_means = lax.scan(compose, jnp.zeros_like(initial_mean), (F, g))
     else:
         _, filt_means = lax.associative_scan(_affine_combine, (F, g))
-    prev_means = jnp.concatenate([ssm.initial_mean[None], filt_means[:-1]])
-    pred_means = _bmv(transitions, prev_means) + ssm.state_offset
+    prev_means = jnp.concatenate([initial_mean[None], filt_means[:-1]])
+    pred_means = _bmv(transitions, prev_means) + state_offset
     innovation = mask * (y - pred_means @ ssm.emission.T - ssm.emission_offset[None])
     whitened = _bmv(cp.inv_chol_innovation, innovation)
     log_lik_steps = -0.5 * (
         jnp.sum(mask, axis=-1) * _LOG_2PI + cp.log_det_innovation + jnp.sum(whitened**2, axis=-1)
     )
+    return log_lik_steps, pred_means, filt_means
+
+
+def _steady_mean_pass(ssm: LGSSM, transition, state_offset, steady_update: _CovariancePass,
+                      y, observed_k, initial_mean):
+    """Per-step log-likelihood terms of a tail at the steady state.
+
+    Every step has the same transition, gain and innovation covariance
+    (``steady_update``, one step's), so the per-step matrix products of
+    :func:`_mean_pass` become products of each step's vectors with constant
+    matrices, and only the mean recursion itself stays sequential.
+    """
+    emission, _, mask = _masked_emission(ssm, observed_k)
+    gain = steady_update.gain
+    i_kh = jnp.eye(initial_mean.shape[0], dtype=transition.dtype) - gain @ emission
+    F = i_kh @ transition
+    g = state_offset @ i_kh.T + (mask[None] * (y - ssm.emission_offset[None])) @ gain.T
+
+    def compose(mean, g_k):
+        mean = F @ mean + g_k
+        return mean, mean
+
+    _, filt_means = lax.scan(compose, initial_mean, g)
+    prev_means = jnp.concatenate([initial_mean[None], filt_means[:-1]])
+    pred_means = prev_means @ transition.T + state_offset
+    innovation = mask[None] * (y - pred_means @ ssm.emission.T - ssm.emission_offset[None])
+    whitened = innovation @ steady_update.inv_chol_innovation.T
+    return -0.5 * (jnp.sum(mask) * _LOG_2PI + steady_update.log_det_innovation
+                   + jnp.sum(whitened**2, axis=-1))
+
+
+def _fast_to_steady_state(ssm: LGSSM, y, observed, steady_from: int, stop: bool | str,
+                          head: int):
+    """Log-likelihood terms of :func:`_fast` where the tail may stop at the steady state.
+
+    The same filter as :func:`_covariance_pass` then :func:`_mean_pass`, but the
+    switch of :func:`_tail_pass` decides the rest of the tail's means and terms
+    too, not only its covariances: at the steady state (the branch a fit's draws
+    take) they run on constant matrices (:func:`_steady_mean_pass`) instead of
+    per-step copies of them.  Same values; measured in RESULTS.md ("The steady
+    tail's means on constant matrices").
+    """
+    transitions, process_covs = _step_matrices(ssm)
+    num_timesteps = transitions.shape[0]
+    split = steady_from + head
+    first_pred, out_varying = _varying_head(ssm, transitions, process_covs, observed,
+                                            steady_from)
+    transition, process_cov = transitions[-1], process_covs[-1]
+    observed_k = observed[-1]
+    steady = _steady_state_predicted_cov(ssm, transition, process_cov)
+    s_inv_h, F = _closed_loop(transition, steady, ssm.emission, ssm.emission_cov)
+    update = jax.vmap(lambda pred_cov: _covariance_update(ssm, pred_cov, observed_k))
+    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, head)
+    last = head_covs[-1]
+    left = jnp.max(jnp.abs(last - steady)) * jnp.maximum(amplification, 1.0)
+    converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
+    if isinstance(stop, str):
+        converged = lax.psum(jnp.where(converged, 0, 1), stop) == 0
+    cp_head = update(head_covs)
+    if out_varying is not None:
+        cp_head = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_varying, cp_head)
+    terms_head, _, filt_head = _mean_pass(
+        ssm, transitions[:split], ssm.state_offset[:split], cp_head, y[:split],
+        observed[:split], ssm.initial_mean)
+    offsets, y_rest = ssm.state_offset[split:], y[split:]
+    rest = num_timesteps - split
+
+    entering_mean = filt_head[-1]
+    one = jax.tree.map(lambda a: a[0], update(steady[None]))
+    steady_terms = _steady_mean_pass(ssm, transition, offsets, one, y_rest, observed_k,
+                                     entering_mean)
+
+    def at_steady_state(entering_mean, last):
+        return jnp.zeros_like(steady_terms)
+
+    def continued(entering_mean, last):
+        # the Riccati recursion itself from the last covariance of the head (this
+        # branch rarely runs; see _tail_pass)
+        cp = update(_riccati_steps(ssm, transition, process_cov, last, rest))
+        return _mean_pass(ssm, transitions[split:], offsets, cp, y_rest, observed[split:],
+                          entering_mean)[0]
+
+    # The steady state's terms are computed outside the ``cond``, whose other branch
+    # (rematerialised, as in _tail_pass) replaces them where the tail has not
+    # converged: a ``cond`` around the steady pass itself cost about 20% of case
+    # (ii)'s value and gradient (its residuals pass through the ``cond``).
+    other = lax.cond(converged, at_steady_state, jax.checkpoint(continued), entering_mean, last)
+    terms_rest = jnp.where(converged, steady_terms, other)
+    return jnp.concatenate([terms_head, terms_rest])
+
+
+def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
+          stop: bool | str = True, converged_after: int | None = None):
+    head = _CONVERGED_AFTER if converged_after is None else converged_after
+    # Series vmapped over a named axis (a fit's many dyad-sessions): their per-step
+    # arrays are as many times larger, and running the steady tail on constant
+    # matrices paid (case (ii), 40 series: 23% less per value and gradient).  A single
+    # series gained nothing (case (i): 11% more, the fixed cost of a second scan).
+    if (not keep_moments and isinstance(stop, str) and steady_from is not None
+            and ssm.step_index.shape[0] - steady_from > head + _MIN_TAIL):
+        return _fast_to_steady_state(ssm, y, observed, steady_from, stop, head)
+    cp = _covariance_pass(ssm, observed, steady_from, stop, converged_after)
+    transitions, _ = _step_matrices(ssm)
+    log_lik_steps, pred_means, filt_means = _mean_pass(
+        ssm, transitions, ssm.state_offset, cp, y, observed, ssm.initial_mean)
     if not keep_moments:
         return log_lik_steps
     return log_lik_steps, pred_means, cp.pred_cov, filt_means, cp.filt_cov
