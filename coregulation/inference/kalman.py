@@ -32,7 +32,9 @@ Three methods, which agree to round-off (tested to 1e-8):
     see ``_time_invariant_tail``), as batched matrix operations, exactly.  Once
     the closed form has reached the steady state to rounding (checked at run
     time after 128 steps), the remaining steps are the steady state itself and
-    cost one update in all (``_tail_pass``).  The
+    cost one update in all (``_tail_pass``); for many series vmapped over a named
+    axis (a hierarchical fit's chains, on CPU), that tail's means and terms also run
+    on the steady state's constant matrices (``_fast_to_steady_state``).  The
     steady state itself comes from a doubling loop that stops at convergence and
     is differentiated implicitly (one Stein-equation solve, not back-propagation
     through the loop).  Small batched products are written as fused
@@ -884,9 +886,11 @@ def _fast(ssm: LGSSM, y, observed, keep_moments: bool, steady_from: int | None,
     head = _CONVERGED_AFTER if converged_after is None else converged_after
     # Series vmapped over a named axis (a fit's many dyad-sessions): their per-step
     # arrays are as many times larger, and running the steady tail on constant
-    # matrices paid (case (ii), 40 series: 23% less per value and gradient).  A single
-    # series gained nothing (case (i): 11% more, the fixed cost of a second scan).
+    # matrices paid (case (ii), 40 series: 18-23% less per value and gradient).  A
+    # single series gained nothing (case (i): 11% more, the fixed cost of a second
+    # scan).  Measured on CPU only, where the tail's mean recursion is a sequential scan.
     if (not keep_moments and isinstance(stop, str) and steady_from is not None
+            and jax.default_backend() == "cpu"
             and ssm.step_index.shape[0] - steady_from > head + _MIN_TAIL):
         return _fast_to_steady_state(ssm, y, observed, steady_from, stop, head)
     cp = _covariance_pass(ssm, observed, steady_from, stop, converged_after)
