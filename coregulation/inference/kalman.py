@@ -646,6 +646,21 @@ def _time_invariant_tail(ssm: LGSSM, steady, s_inv_h, F, initial_pred_cov, num: 
     return _sym(steady[None] + errors), amplification
 
 
+def _head_to_check(ssm: LGSSM, steady, s_inv_h, F, first_pred, head: int,
+                   stop: bool | str):
+    """The tail's first ``head`` predicted covariances in closed form, and whether the
+    steady state is reached by their last (to rounding, after the closed loop's largest
+    transient amplification); for ``stop`` naming a ``vmap`` axis, whether every series
+    of the axis has reached it (an unbatched predicate, so ``lax.cond`` stays a branch).
+    """
+    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, head)
+    left = jnp.max(jnp.abs(head_covs[-1] - steady)) * jnp.maximum(amplification, 1.0)
+    converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
+    if isinstance(stop, str):
+        converged = lax.psum(jnp.where(converged, 0, 1), stop) == 0
+    return head_covs, converged
+
+
 def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num: int,
                stop: bool | str = True, converged_after: int | None = None):
     """Covariance pass of ``num`` time-invariant steps with the same missing pattern.
@@ -672,13 +687,9 @@ def _tail_pass(ssm: LGSSM, transition, process_cov, first_pred, observed_k, num:
     if not stop or num <= head + _MIN_TAIL:
         pred_covs, _ = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, num)
         return update(pred_covs)
-    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, head)
+    head_covs, converged = _head_to_check(ssm, steady, s_inv_h, F, first_pred, head, stop)
     rest = num - head
     last = head_covs[-1]
-    left = jnp.max(jnp.abs(last - steady)) * jnp.maximum(amplification, 1.0)
-    converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
-    if isinstance(stop, str):
-        converged = lax.psum(jnp.where(converged, 0, 1), stop) == 0
 
     def at_steady_state(last):
         one = update(steady[None])
@@ -842,12 +853,8 @@ def _fast_to_steady_state(ssm: LGSSM, y, observed, steady_from: int, stop: bool 
     steady = _steady_state_predicted_cov(ssm, transition, process_cov)
     s_inv_h, F = _closed_loop(transition, steady, ssm.emission, ssm.emission_cov)
     update = jax.vmap(lambda pred_cov: _covariance_update(ssm, pred_cov, observed_k))
-    head_covs, amplification = _time_invariant_tail(ssm, steady, s_inv_h, F, first_pred, head)
+    head_covs, converged = _head_to_check(ssm, steady, s_inv_h, F, first_pred, head, stop)
     last = head_covs[-1]
-    left = jnp.max(jnp.abs(last - steady)) * jnp.maximum(amplification, 1.0)
-    converged = left <= _CONVERGED_TOL * jnp.max(jnp.abs(steady))
-    if isinstance(stop, str):
-        converged = lax.psum(jnp.where(converged, 0, 1), stop) == 0
     cp_head = update(head_covs)
     if out_varying is not None:
         cp_head = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out_varying, cp_head)
@@ -862,8 +869,8 @@ def _fast_to_steady_state(ssm: LGSSM, y, observed, steady_from: int, stop: bool 
     steady_terms = _steady_mean_pass(ssm, transition, offsets, one, y_rest, observed_k,
                                      entering_mean)
 
-    def at_steady_state(entering_mean, last):
-        return jnp.zeros_like(steady_terms)
+    def steady_kept(entering_mean, last):
+        return jnp.zeros_like(steady_terms)  # not used: ``where`` keeps the steady terms
 
     def continued(entering_mean, last):
         # the Riccati recursion itself from the last covariance of the head (this
@@ -876,7 +883,7 @@ def _fast_to_steady_state(ssm: LGSSM, y, observed, steady_from: int, stop: bool 
     # (rematerialised, as in _tail_pass) replaces them where the tail has not
     # converged: a ``cond`` around the steady pass itself cost about 20% of case
     # (ii)'s value and gradient (its residuals pass through the ``cond``).
-    other = lax.cond(converged, at_steady_state, jax.checkpoint(continued), entering_mean, last)
+    other = lax.cond(converged, steady_kept, jax.checkpoint(continued), entering_mean, last)
     terms_rest = jnp.where(converged, steady_terms, other)
     return jnp.concatenate([terms_head, terms_rest])
 
