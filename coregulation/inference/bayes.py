@@ -332,22 +332,17 @@ def fit(
                         num_warmup=num_warmup, num_samples=num_samples,
                         target_accept=target_accept, max_tree_depth=max_tree_depth)
     elif method == "nuts":
-        if (_units_start_at_population(problem.design)
-                and num_warmup >= _JOINT_START_MIN_WARMUP):
-            info = _joint_start(info, value_and_grad)
-        inverse_mass = jnp.asarray(initial_inverse_mass(info, value_and_grad=value_and_grad))
-        if dense_mass is None:
-            # measured gain on single-level models; a hierarchy's funnel is not helped
-            # by a dense metric, and short warm-ups estimate it poorly
-            dense_mass = (not problem.design.pooled
-                          and inverse_mass.shape[0] <= DENSE_MASS_MAX_DIM)
+        start_point = nuts_start(problem.design, info, value_and_grad, key_init,
+                                 num_chains=num_chains, num_warmup=num_warmup,
+                                 dense_mass=dense_mass)
+        info, dense_mass = start_point.info, start_point.dense_mass
         kernel = NUTS(potential_fn=info.potential_fn, target_accept_prob=target_accept,
                       max_tree_depth=max_tree_depth, dense_mass=dense_mass,
-                      inverse_mass_matrix=jnp.diag(inverse_mass) if dense_mass else inverse_mass)
+                      inverse_mass_matrix=start_point.inverse_mass_matrix)
         mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
                     num_chains=num_chains, chain_method=chain_method,
                     progress_bar=progress_bar)
-        inits = _chain_starts(info, _jitter(key_init, info.z, num_chains), value_and_grad)
+        inits = start_point.inits
         if num_chains == 1:  # numpyro takes a single chain's values without a chain axis
             inits = jax.tree.map(lambda a: a[0], inits)
         # compiled on the other core while the sampler's program compiles
@@ -573,6 +568,44 @@ def _joint_start(info: ModelInfo, value_and_grad,
     if not (np.isfinite(result.fun) and result.fun < start):
         return info
     return dataclasses.replace(info, z=unravel(jnp.asarray(result.x)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NutsStart:
+    """Where :func:`fit`'s NUTS chains start: ``info`` (its ``z`` moved by the joint
+    start search where that runs), the initial inverse mass matrix (a matrix when
+    ``dense_mass``, else its diagonal) and the chains' starts as numpyro's
+    ``ParamInfo`` (chain, ...)."""
+
+    info: ModelInfo
+    inverse_mass_matrix: jax.Array
+    dense_mass: bool
+    inits: ParamInfo
+
+
+def nuts_start(design: Design, info: ModelInfo, value_and_grad, key, num_chains: int,
+               num_warmup: int, dense_mass: bool | None = None) -> NutsStart:
+    """The start of :func:`fit`'s NUTS chains from its MAP start (:func:`_initialise`).
+
+    For a hierarchy of non-centred units with a warm-up of at least
+    ``_JOINT_START_MIN_WARMUP`` iterations, first the joint start search
+    (:func:`_joint_start`); then the diagonal inverse mass from the curvature there
+    (:func:`initial_inverse_mass`) and ``num_chains`` jittered starts drawn with
+    ``key``.  ``dense_mass=None`` picks the metric: dense for a model without pooled
+    parameters of up to ``DENSE_MASS_MAX_DIM`` coordinates, diagonal otherwise.
+    benchmarks/fit_speed.py gives another likelihood of the same model this start.
+    """
+    if _units_start_at_population(design) and num_warmup >= _JOINT_START_MIN_WARMUP:
+        info = _joint_start(info, value_and_grad)
+    inverse_mass = jnp.asarray(initial_inverse_mass(info, value_and_grad=value_and_grad))
+    if dense_mass is None:
+        # measured gain on single-level models; a hierarchy's funnel is not helped
+        # by a dense metric, and short warm-ups estimate it poorly
+        dense_mass = not design.pooled and inverse_mass.shape[0] <= DENSE_MASS_MAX_DIM
+    inits = _chain_starts(info, _jitter(key, info.z, num_chains), value_and_grad)
+    return NutsStart(info=info,
+                     inverse_mass_matrix=jnp.diag(inverse_mass) if dense_mass else inverse_mass,
+                     dense_mass=bool(dense_mass), inits=inits)
 
 
 def _jitter(key, z: dict, num_chains: int) -> dict:
