@@ -119,7 +119,11 @@ def run_ours(model, ds, pooling, settings, seed, **backend):
     post = fit.idata.posterior
     names = [v for v in fit.sampled_variables() if v != "dyad_corr_chol"]
     draws = {n: post[n].values for n in names}
-    return summarise(draws, names, wall, int(fit.idata.sample_stats["diverging"].sum()))
+    row = summarise(draws, names, wall, int(fit.idata.sample_stats["diverging"].sum()))
+    if "n_steps" in fit.idata.sample_stats:
+        row["sampling_leapfrog_steps_per_chain"] = (
+            fit.idata.sample_stats["n_steps"].sum("draw").values.astype(int).tolist())
+    return row
 
 
 def dynamax_batch_log_likelihood(model, batch):
@@ -204,7 +208,7 @@ def run_dynamax_our_start(model, ds, pooling, settings, seed):
     draws = {n: np.asarray(samples[n]) for n in names}
     extra = mcmc.get_extra_fields(group_by_chain=True)
     row = summarise(draws, names, wall, int(np.asarray(extra["diverging"]).sum()))
-    row["leapfrog_steps_per_chain"] = np.asarray(extra["num_steps"]).sum(axis=1).tolist()
+    row["sampling_leapfrog_steps_per_chain"] = np.asarray(extra["num_steps"]).sum(axis=1).tolist()
     row["start_potential_abs_diff"] = float(abs(
         info.potential_fn(begin.info.z) - begin.info.potential_fn(begin.info.z)))
     return row
