@@ -146,10 +146,12 @@ def test_back_ends_agree_within_monte_carlo_error(study, sampler):
     """Same data, priors and hierarchy: posterior means agree within 4 joint MC SEs."""
     model, ds = study
     pooling = Pooling(parameters=("therapist_to_client", "client_to_therapist"))
-    # target_accept 0.9 for both: the three-dyad funnel gives PyMC's NUTS a few
-    # divergences at 0.8, which is a sampler's trait, not a back-end disagreement
+    # target_accept 0.95 for both: the three-dyad funnel gives PyMC's NUTS a few
+    # divergences at lower targets, a sampler's trait, not a back-end disagreement.
+    # Measured at 0.9 (PyMC's NUTS, seeds 2, 3, 4): 6, 0 and 3 divergences in 2000
+    # draws (NumPyro back end: 0); at 0.95: 0, 2 and 0 (NumPyro back end: 2)
     settings = dict(pooling=pooling, num_chains=4, num_warmup=500, num_samples=500,
-                    num_predictive=0, progress_bar=False, warn=False, target_accept=0.9)
+                    num_predictive=0, progress_bar=False, warn=False, target_accept=0.95)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = cr.fit(model, ds, seed=1, **settings)
